@@ -1,0 +1,20 @@
+# Flywheel: the commands a newcomer needs. `make setup` is idempotent and runs first everywhere.
+.PHONY: setup demo test test-unit bench lint down
+
+setup:
+	@bash infra/setup.sh
+
+demo: setup
+	.venv/bin/flywheel demo
+
+test: setup
+	.venv/bin/pytest -q tests
+
+test-unit: setup
+	.venv/bin/pytest -q tests/unit
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+down:
+	.venv/bin/flywheel infra down

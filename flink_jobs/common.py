@@ -1,0 +1,60 @@
+"""What every Flywheel Flink job shares: the connector jars and where the job runs.
+
+Jobs run either embedded (a local mini-cluster inside this Python process) or on a Flink cluster
+(`execution.target: remote` against the REST endpoint in settings), with the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flywheel.settings import Settings
+
+
+class MissingJar(RuntimeError):
+    pass
+
+
+def connector_jars(cfg: Settings) -> list[Path]:
+    """The Kafka SQL connector and flink-sql-parquet fetched by `make setup` (versions: infra/jvm/pom.xml)."""
+    folder = cfg.build_dir / "jvm" / "flink"
+    jars = []
+    for prefix in ("flink-sql-connector-kafka-", "flink-sql-parquet-"):
+        found = sorted(folder.glob(f"{prefix}*.jar"))
+        if not found:
+            raise MissingJar(f"{prefix}*.jar not in {folder}: run `make setup` (fetches it from Maven Central).")
+        jars.append(found[-1])
+    return jars
+
+
+def table_env(cfg: Settings, streaming: bool = True, remote: bool = False, parallelism: int | None = None):
+    """A TableEnvironment with the connector jars, embedded or pointed at the configured cluster."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    settings = EnvironmentSettings.in_streaming_mode() if streaming else EnvironmentSettings.in_batch_mode()
+    t_env = TableEnvironment.create(settings)
+    conf = t_env.get_config()
+    conf.set("pipeline.jars", ";".join(p.as_uri() for p in connector_jars(cfg)))
+    conf.set("parallelism.default", str(parallelism or cfg.flink.parallelism))
+    if remote:
+        conf.set("execution.target", "remote")
+        conf.set("rest.address", cfg.flink.host)
+        conf.set("rest.port", str(cfg.flink.rest_port))
+    return t_env
+
+
+def kafka_source_options(cfg: Settings, topic: str, group_id: str, bounded: bool = False) -> dict[str, str]:
+    opts = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "properties.group.id": group_id,
+        "scan.startup.mode": "earliest-offset",
+    }
+    if bounded:
+        opts["scan.bounded.mode"] = "latest-offset"
+    return opts
+
+
+def with_clause(options: dict[str, str]) -> str:
+    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())

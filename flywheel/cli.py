@@ -1,0 +1,237 @@
+"""`flywheel`: one command, one sub-command per pipeline stage."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.infra.processes import InfraError
+from flywheel.settings import load_settings
+
+app = typer.Typer(help="Flywheel: real-time features and retraining for recommenders.", no_args_is_help=True)
+infra_app = typer.Typer(help="The local stack: Kafka (KRaft), Redis, Flink cluster, Airflow.", no_args_is_help=True)
+events_app = typer.Typer(help="Interaction events: real Open Bandit replay and the simulator.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets fetched at setup.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+app.add_typer(events_app, name="events")
+app.add_typer(data_app, name="data")
+console = Console(width=max(Console().width, 120))
+
+ServicesOpt = Annotated[
+    str | None, typer.Option("--services", "-s", help="Comma-separated subset: kafka,redis,flink,airflow.")
+]
+
+
+def _names(services: str | None) -> list[str] | None:
+    return [s.strip() for s in services.split(",") if s.strip()] if services else None
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(1)
+
+
+@infra_app.command("up")
+def infra_up(services: ServicesOpt = None) -> None:
+    """Start the stack (idempotent) and wait until every service is healthy."""
+    from flywheel.infra import stack
+
+    try:
+        cfg = stack.up(_names(services), report=lambda n, s: console.print(f"  {n:8s} {s}"))
+    except (InfraError, ValueError) as exc:
+        _fail(str(exc))
+    _print_status(stack.status(_names(services), cfg))
+    if not services or "airflow" in services:
+        console.print(
+            f"Airflow login: user [bold]{cfg.airflow.username}[/], password in $FLYWHEEL_AIRFLOW__PASSWORD "
+            f"or {cfg.secrets_file} (FLYWHEEL_AIRFLOW__PASSWORD=...)"
+        )
+
+
+@infra_app.command("down")
+def infra_down(
+    services: ServicesOpt = None,
+    purge: Annotated[bool, typer.Option(help="Also delete var/ (topics, state, logs).")] = False,
+) -> None:
+    """Stop exactly the processes `infra up` started; data stays on disk unless --purge."""
+    from flywheel.infra import stack
+
+    stopped = stack.down(_names(services), purge=purge)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}" + ("; var/ purged" if purge else ""))
+
+
+@infra_app.command("status")
+def infra_status(services: ServicesOpt = None) -> None:
+    """Each service, its URL and health. Exit 1 if any is unhealthy."""
+    from flywheel.infra import stack
+
+    rows = stack.status(_names(services))
+    _print_status(rows)
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+def _print_status(rows) -> None:
+    t = Table("service", "url", "health", "where", "pid", "detail")
+    for r in rows:
+        t.add_row(
+            r.name,
+            r.url,
+            "[green]healthy[/]" if r.healthy else "[red]down[/]",
+            "local" if r.managed else "remote",
+            str(r.pid or "-"),
+            r.detail,
+        )
+    console.print(t)
+
+
+@data_app.command("fetch")
+def data_fetch() -> None:
+    """Download the Open Bandit Dataset sample (from the obp sdist on PyPI) once."""
+    from flywheel.events import obd
+
+    cfg = load_settings()
+    path = obd.fetch(cfg.obd, cfg.build_dir)
+    console.print(f"Open Bandit sample ready in {path}")
+
+
+@events_app.command("replay-obd")
+def replay_obd(
+    policy: Annotated[list[str] | None, typer.Option(help="random and/or bts (default: flywheel.yaml)")] = None,
+    campaign: Annotated[list[str] | None, typer.Option(help="all, men, women (default: flywheel.yaml)")] = None,
+    speedup: Annotated[float | None, typer.Option(help="event time / wall time; 0 = as fast as possible")] = None,
+    topic: Annotated[str | None, typer.Option(help="target topic (default: the events topic)")] = None,
+) -> None:
+    """Replay the real Open Bandit logs into Kafka in event-time order."""
+    from tqdm import tqdm
+
+    from flywheel.events import obd
+    from flywheel.events.producer import EventProducer
+
+    cfg = load_settings()
+    policies = policy or cfg.obd.policies
+    campaigns = campaign or cfg.obd.campaigns
+    events, counts = obd.build(obd.fetch(cfg.obd, cfg.build_dir), [(p, c) for p in policies for c in campaigns])
+    rate = cfg.obd.speedup if speedup is None else speedup
+    t0 = time.monotonic()
+    with EventProducer(cfg.kafka, topic) as producer:
+        for ev in tqdm(obd.paced(events, rate), total=len(events), unit="ev", desc="replay-obd"):
+            producer.send(ev)
+    _print_counts(counts, producer.sent, producer.topic, time.monotonic() - t0)
+
+
+def _print_counts(counts, sent: int, topic: str, seconds: float) -> None:
+    t = Table("policy", "campaign", "csv rows", "clicks", "events (impressions + clicks)")
+    for c in counts:
+        t.add_row(c.policy, c.campaign, str(c.rows), str(c.clicks), str(c.events))
+    console.print(t)
+    console.print(f"{sent} events acknowledged by Kafka on topic {topic} in {seconds:.1f}s")
+
+
+@events_app.command("simulate")
+def simulate_cmd(
+    events: Annotated[int, typer.Option(help="exact number of records to emit")] = 100_000,
+    days: Annotated[float, typer.Option(help="event-time span")] = 7.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    start: Annotated[datetime | None, typer.Option(help="event-time start (UTC)")] = None,
+    out: Annotated[str, typer.Option(help="'kafka' or a .jsonl file path")] = "kafka",
+    topic: Annotated[str | None, typer.Option()] = None,
+    out_of_order_rate: float = 0.0,
+    late_rate: float = 0.0,
+    duplicate_rate: float = 0.0,
+    malformed_rate: float = 0.0,
+    drift_at: Annotated[datetime | None, typer.Option(help="preference drift from this time")] = None,
+    corrupt_week_start: Annotated[datetime | None, typer.Option(help="a corrupted week from this time")] = None,
+) -> None:
+    """Generate seeded synthetic traffic with faults, into Kafka or a JSONL file."""
+    from flywheel.events.simulator import Faults, SimConfig, simulate
+
+    cfg = load_settings()
+    s = cfg.simulator
+    sim = SimConfig(
+        seed=s.seed if seed is None else seed,
+        users=s.users,
+        items=s.items,
+        categories=s.categories,
+        positions=s.positions,
+        start=start or datetime.fromisoformat(s.start.replace("Z", "+00:00")),
+        days=days,
+        events=events,
+        faults=Faults(
+            out_of_order_rate=out_of_order_rate,
+            late_rate=late_rate,
+            duplicate_rate=duplicate_rate,
+            malformed_rate=malformed_rate,
+            drift_at=drift_at,
+            corrupt_week_start=corrupt_week_start,
+        ),
+    )
+    t0 = time.monotonic()
+    with console.status("simulating…"):
+        result = simulate(sim)
+    gen_s = time.monotonic() - t0
+    if out == "kafka":
+        write_records(cfg, result.keys, result.values, topic or cfg.kafka.topics.events)
+    else:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\n".join(result.values) + b"\n")
+    total_s = time.monotonic() - t0
+    console.print(result.stats.as_dict())
+    console.print(
+        f"{len(result.values)} records to {out} ({gen_s:.1f}s generating, {total_s:.1f}s in all, "
+        f"{len(result.values) / total_s:,.0f} records/s)"
+    )
+
+
+def write_records(cfg, keys: list[bytes], values: list[bytes], topic: str) -> int:
+    """Raw records (malformed ones included) through the one producer, with a progress bar."""
+    from tqdm import tqdm
+
+    from flywheel.events.producer import EventProducer
+
+    with EventProducer(cfg.kafka, topic, validate_events=False) as producer:
+        for k, v in tqdm(zip(keys, values, strict=True), total=len(values), unit="rec", desc=f"→ {topic}"):
+            producer.send_raw(v, k)
+    return producer.sent
+
+
+@events_app.command("count")
+def count_cmd(topic: Annotated[str | None, typer.Option()] = None) -> None:
+    """Count the records on a topic by event type (reads it from the beginning)."""
+    from collections import Counter
+
+    import orjson
+
+    from flywheel.events.consumer import read_topic
+
+    cfg = load_settings()
+    name = topic or cfg.kafka.topics.events
+    by_type: Counter[str] = Counter()
+    for _, value in read_topic(cfg.kafka, name):
+        try:
+            by_type[orjson.loads(value).get("event_type", "?")] += 1
+        except (orjson.JSONDecodeError, AttributeError):
+            by_type["<malformed>"] += 1
+    console.print(f"{name}: {sum(by_type.values())} records {dict(by_type)}")
+
+
+@app.command()
+def demo() -> None:
+    """The whole loop on this machine: stack up, real data through Kafka, counts."""
+    from flywheel.demo import run
+
+    try:
+        run(console)
+    except InfraError as exc:
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,61 @@
+"""Read a topic from the beginning up to its current end: for counts, reconciliation and tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from flywheel.settings import KafkaSettings
+
+
+def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermark offsets."""
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "flywheel-offsets", "log_level": 3})
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        if md.error is not None:
+            raise KafkaException(md.error)
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
+    finally:
+        c.close()
+
+
+def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> Iterator[tuple[bytes | None, bytes]]:
+    """Yield (key, value) of every record present now, partition by partition, then stop."""
+    ends = end_offsets(kafka, topic)
+    todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
+    if not todo:
+        return
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"flywheel-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not drained in {timeout_s:.0f}s")
+            for msg in c.consume(num_messages=10_000, timeout=1.0):
+                if msg.error():
+                    raise KafkaException(msg.error())
+                p = msg.partition()
+                if p in todo and msg.offset() < todo[p]:
+                    yield msg.key(), msg.value()
+                    if msg.offset() + 1 >= todo[p]:
+                        del todo[p]
+    finally:
+        c.close()
+
+
+def count_topic(kafka: KafkaSettings, topic: str) -> int:
+    return sum(hi - lo for lo, hi in end_offsets(kafka, topic).values())

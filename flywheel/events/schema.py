@@ -1,0 +1,73 @@
+"""The versioned event contract (schemas/interaction_event.v1.json) and its validator.
+
+Validation returns a reason a human can act on ("propensity: 0 is not > 0"), because that reason
+travels with a rejected event to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / f"interaction_event.v{SCHEMA_VERSION}.json"
+EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    s = schema()
+    Draft202012Validator.check_schema(s)
+    return Draft202012Validator(s)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an event is not valid: the field at fault and a sentence naming the problem."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+def validate(event: Any) -> Rejection | None:
+    """None if the event satisfies the contract, else the first problem found (stable order)."""
+    errors = sorted(_validator().iter_errors(event), key=lambda e: (list(e.path), e.validator))
+    if not errors:
+        return None
+    err = errors[0]
+    field = ".".join(str(p) for p in err.path) or _missing_field(err) or "<event>"
+    return Rejection(field, err.message)
+
+
+def _missing_field(err) -> str | None:
+    if err.validator == "required":
+        return err.message.split("'")[1] if "'" in err.message else None
+    if err.validator == "additionalProperties":
+        return "<unknown field>"
+    return None
+
+
+def parse(raw: bytes | str) -> tuple[dict[str, Any] | None, Rejection | None]:
+    """Decode and validate one Kafka record value."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, Rejection("<record>", f"not valid JSON ({exc})")
+    if not isinstance(event, dict):
+        return None, Rejection("<record>", f"expected a JSON object, got {type(event).__name__}")
+    rejection = validate(event)
+    return (None, rejection) if rejection else (event, None)

@@ -1,0 +1,150 @@
+"""Start, find and stop the processes `flywheel infra` owns, by PID file.
+
+A PID file alone is not proof: PIDs get recycled. Each file also records a marker that must appear in
+the process's command line, so `down` never signals a process it did not start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class InfraError(RuntimeError):
+    """A service could not be started or reached; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    name: str
+    run_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    def _record(self) -> dict | None:
+        try:
+            return json.loads(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def pid(self) -> int | None:
+        """The PID if the recorded process is alive and still the one we started."""
+        rec = self._record()
+        if not rec:
+            return None
+        pid = int(rec["pid"])
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return None
+        if state == "Z" or rec["marker"] not in cmdline:
+            return None
+        return pid
+
+    def spawned_alive(self) -> bool:
+        """Liveness during start-up, when the command line may not show the marker yet (exec in flight)."""
+        rec = self._record()
+        return bool(rec) and _alive(int(rec["pid"]))
+
+    def start(
+        self, argv: list[str], log_file: Path, marker: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
+        """Spawn in its own session (so `stop` can signal the whole process group) and record it."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(json.dumps({"pid": proc.pid, "marker": marker, "argv": argv[:3]}))
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM the process group, SIGKILL after the timeout. Returns whether anything was running."""
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return False
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return True
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return True
+                time.sleep(0.2)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap if it was our child
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_free_port(service: str, host: str, port: int, env_hint: str) -> None:
+    if port_open(host, port):
+        raise InfraError(
+            f"{service}: port {port} on {host} is already taken by a process flywheel did not start. "
+            f"Stop that process, or move {service} elsewhere with {env_hint}."
+        )
+
+
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    log_file: Path | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll `check` until it holds; fail early (with the log's tail) if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - any error while a service boots means "not yet"
+            pass
+        if alive is not None and not alive():
+            raise InfraError(f"{what}: the process exited during start-up.{_tail(log_file)}")
+        time.sleep(0.5)
+    raise InfraError(f"{what}: not healthy after {timeout_s:.0f}s.{_tail(log_file)}")
+
+
+def _tail(log_file: Path | None, lines: int = 15) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    text = log_file.read_text(errors="replace").splitlines()[-lines:]
+    return f"\nLast lines of {log_file}:\n" + "\n".join(text)

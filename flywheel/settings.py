@@ -1,0 +1,189 @@
+"""Typed configuration: `flywheel.yaml` defaults, overridden by FLYWHEEL_* environment variables.
+
+One loader for every stage so that a Flink job, a DAG and a test read the same endpoints; pointing
+Flywheel at remote services is a matter of environment, never of code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "FLYWHEEL_"
+CONFIG_ENV = "FLYWHEEL_CONFIG"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def is_loopback(host: str) -> bool:
+    """A service on loopback is ours to start; anything else is remote and only health-checked."""
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TopicNames(_Model):
+    events: str
+    dead_letter: str
+    late: str
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str
+    controller_port: int
+    heap: str
+    partitions: int
+    topics: TopicNames
+
+    @property
+    def host(self) -> str:
+        return self.bootstrap_servers.split(",")[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+
+class RedisSettings(_Model):
+    host: str
+    port: int
+    password: SecretStr | None = None
+    ssl: bool = False
+
+    @property
+    def connection_string(self) -> str:
+        """The form Feast's Redis online store takes: host:port,password=...,ssl=..."""
+        parts = [f"{self.host}:{self.port}"]
+        if self.password:
+            parts.append(f"password={self.password.get_secret_value()}")
+        if self.ssl:
+            parts.append("ssl=true")
+        return ",".join(parts)
+
+
+class FlinkSettings(_Model):
+    rest_url: str
+    rpc_port: int
+    taskmanager_slots: int
+    parallelism: int
+    jobmanager_memory: str
+    taskmanager_memory: str
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.rest_url).hostname or "127.0.0.1"
+
+    @property
+    def rest_port(self) -> int:
+        return urlparse(self.rest_url).port or 8081
+
+
+class AirflowSettings(_Model):
+    url: str
+    username: str
+    log_server_port: int  # the scheduler's task-log server; the triggerer's is the next port
+    password: SecretStr | None = None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or 8080
+
+
+class ObdSettings(_Model):
+    version: str
+    sha256: str
+    policies: list[str]
+    campaigns: list[str]
+    speedup: float
+
+
+class SimulatorSettings(_Model):
+    seed: int
+    users: int
+    items: int
+    categories: int
+    positions: int
+    start: str
+
+
+class Settings(_Model):
+    var_dir: Path
+    build_dir: Path
+    kafka: KafkaSettings
+    redis: RedisSettings
+    flink: FlinkSettings
+    airflow: AirflowSettings
+    obd: ObdSettings
+    simulator: SimulatorSettings
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.var_dir.is_absolute():
+            self.var_dir = REPO_ROOT / self.var_dir
+        if not self.build_dir.is_absolute():
+            self.build_dir = REPO_ROOT / self.build_dir
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.var_dir / "secrets.env"
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _overlay(data: dict[str, Any], env: dict[str, str]) -> None:
+    """Apply FLYWHEEL_SECTION__KEY=value onto the nested dict (values parsed as YAML scalars)."""
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{name}: {part} is not a section of flywheel.yaml")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Read flywheel.yaml (or $FLYWHEEL_CONFIG), then var/secrets.env, then the environment."""
+    env = dict(os.environ if env is None else env)
+    config_path = Path(env.get(CONFIG_ENV, REPO_ROOT / "flywheel.yaml"))
+    data = yaml.safe_load(config_path.read_text())
+    var_dir = Path(env.get(f"{ENV_PREFIX}VAR_DIR", data.get("var_dir", "var")))
+    if not var_dir.is_absolute():
+        var_dir = REPO_ROOT / var_dir
+    _overlay(data, _read_env_file(var_dir / "secrets.env"))
+    _overlay(data, env)
+    return Settings.model_validate(data)
+
+
+@cache
+def settings() -> Settings:
+    """Process-wide settings (tests and CLIs that change the environment call load_settings)."""
+    return load_settings()

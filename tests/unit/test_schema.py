@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from flywheel.events.schema import parse, validate
+from flywheel.events.simulator import MALFORMED_KINDS, _malform
+from tests.events import make_event
+
+
+def test_valid_event_passes():
+    assert validate(make_event(1)) is None
+    event, rejection = parse(orjson.dumps(make_event(2, item_category=None, event_type="purchase")))
+    assert rejection is None and event["event_id"] == "e2"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"event_id": ""}, "event_id", "should be non-empty"),
+        ({"event_type": "hover"}, "event_type", "is not one of"),
+        ({"position": 0}, "position", "less than the minimum of 1"),
+        ({"position": "3"}, "position", "is not of type 'integer'"),
+        ({"propensity": 0}, "propensity", "less than or equal to the minimum of 0"),
+        ({"propensity": 1.2}, "propensity", "greater than the maximum of 1"),
+        ({"propensity": None}, "propensity", "is not of type 'number'"),
+        ({"event_time": "2026-01-05T00:00:00"}, "event_time", "is not of type 'integer'"),
+        ({"event_time": 1_000}, "event_time", "less than the minimum"),
+        ({"schema_version": 2}, "schema_version", "1 was expected"),
+        ({"context": {"nested": {"a": 1}}}, "context.nested", "is not of type"),
+        ({"colour": "blue"}, "<unknown field>", "'colour' was unexpected"),
+    ],
+)
+def test_each_kind_of_bad_event_is_rejected_with_a_reason(change, field, words):
+    rejection = validate(make_event(1) | change)
+    assert rejection is not None
+    assert rejection.field == field
+    assert words in rejection.reason
+
+
+@pytest.mark.parametrize("missing", ["event_id", "user_id", "item_id", "propensity", "event_time", "request_id"])
+def test_missing_required_field_is_named(missing):
+    ev = make_event(1)
+    ev.pop(missing)
+    rejection = validate(ev)
+    assert rejection is not None and rejection.field == missing and "required" in rejection.reason
+
+
+def test_undecodable_records_are_rejected():
+    assert parse(b'{"event_id": "x", ')[1].field == "<record>"
+    assert "expected a JSON object" in parse(b"[1, 2]")[1].reason
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_every_simulated_malformation_breaks_the_contract(kind):
+    _, rejection = parse(_malform(kind, make_event(5)))
+    assert rejection is not None, kind
