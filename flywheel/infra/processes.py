@@ -76,7 +76,8 @@ class ManagedProcess:
         return proc.pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
-        """SIGTERM the process group, SIGKILL after the timeout. Returns whether anything was running."""
+        """SIGTERM the process group, SIGKILL what is left after the timeout; return once the whole
+        group is gone (Airflow's and Flink's children included). Returns whether anything was running."""
         pid = self.pid()
         self.pid_file.unlink(missing_ok=True)
         if pid is None:
@@ -88,10 +89,23 @@ class ManagedProcess:
                 return True
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
-                if not _alive(pid):
+                _alive(pid)  # reaps the leader if it is our child
+                if not _group_members(pid):
                     return True
                 time.sleep(0.2)
         return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _alive(pid: int) -> bool:
