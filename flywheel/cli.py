@@ -195,7 +195,9 @@ def write_records(cfg, keys: list[bytes], values: list[bytes], topic: str) -> in
     from tqdm import tqdm
 
     from flywheel.events.producer import EventProducer
+    from flywheel.kafka import ensure_topics
 
+    ensure_topics(cfg.kafka, [topic])
     with EventProducer(cfg.kafka, topic, validate_events=False) as producer:
         for k, v in tqdm(zip(keys, values, strict=True), total=len(values), unit="rec", desc=f"→ {topic}"):
             producer.send_raw(v, k)
