@@ -16,10 +16,11 @@ class MissingJar(RuntimeError):
 
 
 def connector_jars(cfg: Settings) -> list[Path]:
-    """The Kafka SQL connector and flink-sql-parquet fetched by `make setup` (versions: infra/jvm/pom.xml)."""
+    """The Kafka SQL connector, flink-sql-parquet and the shaded Hadoop client it needs, fetched by
+    `make setup` (versions: infra/jvm/pom.xml)."""
     folder = cfg.build_dir / "jvm" / "flink"
     jars = []
-    for prefix in ("flink-sql-connector-kafka-", "flink-sql-parquet-"):
+    for prefix in ("flink-sql-connector-kafka-", "flink-sql-parquet-", "hadoop-client-api-", "hadoop-client-runtime-"):
         found = sorted(folder.glob(f"{prefix}*.jar"))
         if not found:
             raise MissingJar(f"{prefix}*.jar not in {folder}: run `make setup` (fetches it from Maven Central).")

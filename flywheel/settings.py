@@ -123,6 +123,16 @@ class SimulatorSettings(_Model):
     start: str
 
 
+class FeatureJobSettings(_Model):
+    group_id: str
+    watermark_delay_s: int
+    idle_timeout_s: int
+    dedup_horizon_s: int
+    checkpoint_interval_ms: int
+    online_batch_size: int
+    online_flush_ms: int
+
+
 class Settings(_Model):
     var_dir: Path
     build_dir: Path
@@ -132,6 +142,7 @@ class Settings(_Model):
     airflow: AirflowSettings
     obd: ObdSettings
     simulator: SimulatorSettings
+    features: FeatureJobSettings
 
     def model_post_init(self, __context: Any) -> None:
         if not self.var_dir.is_absolute():

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from flywheel.settings import KafkaSettings
 
@@ -24,7 +24,11 @@ def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
 
 
 def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> Iterator[tuple[bytes | None, bytes]]:
-    """Yield (key, value) of every record present now, partition by partition, then stop."""
+    """Yield (key, value) of every committed record present now, then stop.
+
+    Done is judged by the consumer's position, not by counting records: transactional topics (what
+    Flink's exactly-once sinks write) hold commit markers that take offsets but are never delivered.
+    """
     ends = end_offsets(kafka, topic)
     todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
     if not todo:
@@ -35,27 +39,31 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> It
             "group.id": f"flywheel-reader-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
             "log_level": 3,
         }
     )
     try:
         c.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
-
         deadline = time.monotonic() + timeout_s
         while todo:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not drained in {timeout_s:.0f}s")
             for msg in c.consume(num_messages=10_000, timeout=1.0):
                 if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
                     raise KafkaException(msg.error())
-                p = msg.partition()
-                if p in todo and msg.offset() < todo[p]:
+                if msg.partition() in todo and msg.offset() < todo[msg.partition()]:
                     yield msg.key(), msg.value()
-                    if msg.offset() + 1 >= todo[p]:
-                        del todo[p]
+            for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
+                if tp.offset >= todo[tp.partition]:
+                    del todo[tp.partition]
     finally:
         c.close()
 
 
 def count_topic(kafka: KafkaSettings, topic: str) -> int:
+    """Offsets in use: the record count of a non-transactional topic (commit markers count too)."""
     return sum(hi - lo for lo, hi in end_offsets(kafka, topic).values())

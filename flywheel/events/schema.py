@@ -18,6 +18,9 @@ from jsonschema import Draft202012Validator
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"interaction_event.v{SCHEMA_VERSION}.json"
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+# An event stamped far after it was ingested has a broken clock; accepted, it would drag the stream's
+# watermark ahead and make every later event "late".
+MAX_FUTURE_MS = 86_400_000
 
 
 @cache
@@ -47,6 +50,8 @@ def validate(event: Any) -> Rejection | None:
     """None if the event satisfies the contract, else the first problem found (stable order)."""
     errors = sorted(_validator().iter_errors(event), key=lambda e: (list(e.path), e.validator))
     if not errors:
+        if event["event_time"] > event["ingest_time"] + MAX_FUTURE_MS:
+            return Rejection("event_time", "more than a day after ingest_time (a broken clock?)")
         return None
     err = errors[0]
     field = ".".join(str(p) for p in err.path) or _missing_field(err) or "<event>"

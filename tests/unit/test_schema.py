@@ -5,7 +5,7 @@ import pytest
 
 from flywheel.events.schema import parse, validate
 from flywheel.events.simulator import MALFORMED_KINDS, _malform
-from tests.events import make_event
+from tests.events import T0, make_event
 
 
 def test_valid_event_passes():
@@ -55,3 +55,8 @@ def test_undecodable_records_are_rejected():
 def test_every_simulated_malformation_breaks_the_contract(kind):
     _, rejection = parse(_malform(kind, make_event(5)))
     assert rejection is not None, kind
+
+
+def test_event_from_the_future_is_rejected():
+    rejection = validate(make_event(1, event_time=T0 + 2 * 86_400_000, ingest_time=T0))
+    assert rejection is not None and rejection.field == "event_time" and "after ingest_time" in rejection.reason

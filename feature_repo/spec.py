@@ -1,0 +1,161 @@
+"""Every feature Flywheel computes: name, type, window and aggregation, defined once.
+
+The Feast objects in this folder are generated from these groups, the Flink feature job turns each
+group into one windowed SQL aggregation, and training and validation read names and types from here.
+
+A group is one feature view: its entity keys, a window (HOP when slide < size, TUMBLE otherwise), and
+aggregations written in Flink SQL over the cleaned event stream, whose columns are
+user_id, item_id, item_category, event_type, list_position (`position` is reserved in Flink SQL), propensity,
+event_time, and the 0/1 helpers
+is_impression, is_click, is_purchase and exam (the examination probability of the position,
+1 / position ** examination_eta, a position-based click model).
+
+A window's value is stamped with the window end, so a value and its timestamp are deterministic:
+replays after recovery rewrite identical rows (a no-op in Redis, which skips writes that are not newer).
+
+What is emitted: a sliding window changes only when a slice of events enters or leaves it, so the job
+writes a key's value only when it changed, plus one explicit "empty" row (counts 0, ratios null) at the
+first window end after the key's last event has left the window. A stored value therefore stays
+true until the next stored row, and a feature view's TTL only guards against a stalled pipeline.
+Without this, a 7-day window sliding hourly rewrites every active key 168 times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+EXAMINATION_ETA = 0.8  # examination(position) = position ** -eta; the simulator's ground truth uses 0.8
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # "int64" | "float64" | "timestamp"
+    sql: str  # aggregate expression over the cleaned events of one window and key
+
+    @property
+    def empty_sql(self) -> str:
+        """The value over a window with no events: counts are 0, ratios and times undefined."""
+        return (
+            "CAST(0 AS BIGINT)"
+            if self.dtype == "int64"
+            else "CAST(NULL AS DOUBLE)"
+            if self.dtype == "float64"
+            else "CAST(NULL AS TIMESTAMP(3))"
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    size: timedelta
+    slide: timedelta
+
+    @property
+    def hopping(self) -> bool:
+        return self.slide < self.size
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    name: str  # the feature view
+    entities: tuple[str, ...]  # join keys
+    window: Window
+    features: tuple[Feature, ...]
+    description: str
+    where: str | None = None  # optional filter on the cleaned events
+
+    @property
+    def emits_changes(self) -> bool:
+        """Sliding count windows emit changes and an explicit empty row (see the module docstring)."""
+        return self.window.hopping
+
+    @property
+    def ttl(self) -> timedelta:
+        """A stored value is true until the next row for its key; at most one window (plus slack) passes
+        between rows of an active key, so anything older means the pipeline stalled: treat as missing."""
+        return self.window.size + 2 * self.window.slide
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def _counts(suffix: str, debiased: bool) -> tuple[Feature, ...]:
+    feats = [
+        Feature(f"impressions_{suffix}", "int64", "SUM(is_impression)"),
+        Feature(f"clicks_{suffix}", "int64", "SUM(is_click)"),
+        Feature(f"purchases_{suffix}", "int64", "SUM(is_purchase)"),
+        Feature(f"ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(is_impression), 0)"),
+    ]
+    if debiased:
+        # Clicks over the expected number of examined impressions: a user shown items low in the list
+        # is not penalised for not clicking what they probably never saw.
+        feats.append(
+            Feature(f"debiased_ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(exam), 0)")
+        )
+    return tuple(feats)
+
+
+WINDOWS: dict[str, Window] = {
+    "1h": Window(timedelta(hours=1), timedelta(minutes=5)),
+    "24h": Window(timedelta(hours=24), timedelta(hours=1)),
+    "7d": Window(timedelta(days=7), timedelta(hours=1)),
+}
+
+GROUPS: tuple[FeatureGroup, ...] = (
+    *(
+        FeatureGroup(
+            f"user_stats_{w}",
+            ("user_id",),
+            WINDOWS[w],
+            _counts(w, debiased=True),
+            f"A user's impressions, clicks, purchases and CTR (raw and position-debiased) over {w}.",
+        )
+        for w in WINDOWS
+    ),
+    *(
+        FeatureGroup(
+            f"item_stats_{w}",
+            ("item_id",),
+            WINDOWS[w],
+            _counts(w, debiased=False),
+            f"An item's impressions, clicks, purchases and CTR over {w}.",
+        )
+        for w in WINDOWS
+    ),
+    FeatureGroup(
+        "user_category_stats_7d",
+        ("user_id", "item_category"),
+        WINDOWS["7d"],
+        (
+            Feature("cat_impressions_7d", "int64", "SUM(is_impression)"),
+            Feature("cat_clicks_7d", "int64", "SUM(is_click)"),
+            Feature("cat_ctr_7d", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(is_impression), 0)"),
+        ),
+        "A user's affinity to an item category: impressions, clicks and CTR in that category over 7 days.",
+        where="item_category IS NOT NULL",
+    ),
+    FeatureGroup(
+        "user_last_click",
+        ("user_id",),
+        Window(timedelta(minutes=5), timedelta(minutes=5)),
+        (Feature("last_click_time", "timestamp", "MAX(event_time)"),),
+        "When the user last clicked (per 5-minute tumble; seconds-since is computed at request time).",
+        where="is_click = 1",
+    ),
+)
+
+# last_click_time must survive 7 days of inactivity, not two slides.
+TTL_OVERRIDES: dict[str, timedelta] = {"user_last_click": timedelta(days=7)}
+
+
+def group(name: str) -> FeatureGroup:
+    for g in GROUPS:
+        if g.name == name:
+            return g
+    raise KeyError(f"no feature group {name!r}; known: {[g.name for g in GROUPS]}")
+
+
+def ttl(g: FeatureGroup) -> timedelta:
+    return TTL_OVERRIDES.get(g.name, g.ttl)

@@ -1,0 +1,85 @@
+"""The event contract as Flink SQL: a `reject_reason` expression generated from the JSON Schema, so the
+job checks events in the JVM with the same rules (and wording) as flywheel.events.schema.
+
+Differences from the Python validator, by design of Flink's JSON functions: a number sent as a numeric
+string ("3") is accepted where the schema wants a number, and the values inside `context` are not
+type-checked. Every other rule matches.
+"""
+
+from __future__ import annotations
+
+from flywheel.events.schema import MAX_FUTURE_MS, schema
+
+SQL_TYPES = {"integer": "BIGINT", "number": "DOUBLE", "string": "STRING"}
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _path(field: str) -> str:
+    return _lit(f"$.{field}")
+
+
+def reject_reason_sql(col: str = "payload") -> str:
+    """A CASE expression: NULL for a valid event, else '<field>: <reason>' for the first problem."""
+    s = schema()
+    props: dict = s["properties"]
+    rules: list[tuple[str, str]] = [(f"NOT ({col} IS JSON OBJECT)", "<record>: not a JSON object")]
+    for field in s["required"]:
+        rules.append((f"NOT JSON_EXISTS({col}, {_path(field)})", f"{field}: required"))
+    # additionalProperties: false. Blank out the (flat) context object, then look for any other key.
+    known = "|".join(props)
+    rules.append(
+        (
+            f"REGEXP(REGEXP_REPLACE({col}, '\"context\"\\s*:\\s*\\{{[^}}]*\\}}', '\"context\":0'), "
+            f'\'[{{,]\\s*"(?!(?:{known})"\\s*:)[^"]*"\\s*:\')',
+            "<unknown field>: not in the contract",
+        )
+    )
+    for field, spec in props.items():
+        value = f"JSON_VALUE({col}, {_path(field)})"
+        present = f"JSON_EXISTS({col}, {_path(field)})"
+        types = spec.get("type")
+        nullable = isinstance(types, list) and "null" in types
+        base = next((t for t in (types if isinstance(types, list) else [types]) if t in SQL_TYPES), None)
+        if "const" in spec:
+            rules.append(
+                (
+                    f"{present} AND ({value} IS NULL OR {value} <> {_lit(str(spec['const']))})",
+                    f"{field}: {spec['const']} was expected",
+                )
+            )
+        if "enum" in spec:
+            allowed = ", ".join(_lit(v) for v in spec["enum"])
+            rules.append(
+                (
+                    f"{present} AND ({value} IS NULL OR {value} NOT IN ({allowed}))",
+                    f"{field}: is not one of {spec['enum']}",
+                )
+            )
+        if base in ("integer", "number"):
+            typed = f"TRY_CAST({value} AS {SQL_TYPES[base]})"
+            rules.append((f"{present} AND {typed} IS NULL", f"{field}: is not of type '{base}'"))
+            for kw, op, words in (
+                ("minimum", "<", "less than the minimum of"),
+                ("exclusiveMinimum", "<=", "less than or equal to the minimum of"),
+                ("maximum", ">", "greater than the maximum of"),
+            ):
+                if kw in spec:
+                    rules.append((f"TRY_CAST({value} AS DOUBLE) {op} {spec[kw]}", f"{field}: {words} {spec[kw]}"))
+        if base == "string" and not nullable:
+            rules.append((f"{present} AND {value} IS NULL", f"{field}: is not of type 'string'"))
+        if base == "string" and "minLength" in spec:
+            rules.append((f"{present} AND CHAR_LENGTH({value}) < {spec['minLength']}", f"{field}: should be non-empty"))
+        if base == "string" and "maxLength" in spec:
+            rules.append((f"CHAR_LENGTH({value}) > {spec['maxLength']}", f"{field}: is too long"))
+    rules.append(
+        (
+            f"TRY_CAST(JSON_VALUE({col}, '$.event_time') AS BIGINT) > "
+            f"TRY_CAST(JSON_VALUE({col}, '$.ingest_time') AS BIGINT) + {MAX_FUTURE_MS}",
+            "event_time: more than a day after ingest_time (a broken clock?)",
+        )
+    )
+    cases = "\n    ".join(f"WHEN {cond} THEN {_lit(reason)}" for cond, reason in rules)
+    return f"CASE\n    {cases}\n    ELSE CAST(NULL AS STRING)\n  END"

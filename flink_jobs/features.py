@@ -1,0 +1,351 @@
+"""The feature job: interaction events from Kafka into Feast's offline (Parquet) and online (Redis) stores.
+
+    Kafka events ──► contract check ──► reject ─────────────────────────► dead-letter topic (with reason)
+       (watermark at source)    └─► valid ─► behind the watermark? ─────► late-events topic
+                                               └─► on time ─► dedup(event_id) ─► one windowed aggregation
+                                                   per feature group (spec.py) ─► Parquet (committed on
+                                                   checkpoint) and ─► OnlineWriter ─► Feast ─► Redis
+
+Everything but the online write runs in Flink SQL (JVM). Checkpoints are EXACTLY_ONCE; Kafka offsets
+are restored from them; the file sink and the transactional Kafka sinks commit on checkpoint.
+
+Entry function: `run(cfg, ...)`, embedded (a local mini-cluster, used by `make demo` and tests) or on
+the cluster (`flywheel flink submit`).
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
+from flink_jobs.common import connector_jars, with_clause
+from flink_jobs.contract_sql import reject_reason_sql
+from flywheel.feast_store import FEATURE_REPO, feast_env
+from flywheel.settings import Settings
+
+SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "timestamp": "TIMESTAMP(3)"}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    topic: str
+    offline_dir: Path
+    dlq_topic: str
+    late_topic: str
+    group_id: str
+    bounded: bool = False  # stop at the topic's current end (tests, demo, backfills)
+    parallelism: int = 2
+    job_name: str = "flywheel-features"
+
+
+def options(cfg: Settings, **overrides) -> JobOptions:
+    base = dict(
+        topic=cfg.kafka.topics.events,
+        offline_dir=cfg.var_dir / "offline",
+        dlq_topic=cfg.kafka.topics.dead_letter,
+        late_topic=cfg.kafka.topics.late,
+        group_id=cfg.features.group_id,
+        parallelism=cfg.flink.parallelism,
+    )
+    base.update(overrides)
+    return JobOptions(**base)
+
+
+def _interval(seconds: float) -> str:
+    """The largest unit that divides it (interval literals keep to two digits)."""
+    seconds = int(seconds)
+    for unit, size in (("DAY", 86400), ("HOUR", 3600), ("MINUTE", 60), ("SECOND", 1)):
+        if seconds % size == 0 and seconds // size < 100:
+            return f"INTERVAL '{seconds // size}' {unit}"
+    raise ValueError(f"{seconds}s cannot be written as a two-digit interval; use whole minutes, hours or days")
+
+
+def source_ddl(cfg: Settings, opt: JobOptions) -> str:
+    kafka = {
+        "connector": "kafka",
+        "topic": opt.topic,
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "properties.group.id": opt.group_id,
+        "properties.isolation.level": "read_committed",
+        "scan.startup.mode": "group-offsets",
+        "properties.auto.offset.reset": "earliest",
+        "format": "raw",
+    }
+    if opt.bounded:
+        kafka["scan.bounded.mode"] = "latest-offset"
+    # Event time comes from the payload. A record without a usable one (it will be dead-lettered) gets
+    # the epoch: it must never move the watermark (a wall-clock fallback would make a replay of old
+    # events all "late" after the first malformed record).
+    return f"""
+CREATE TABLE events_raw (
+  payload STRING,
+  proc_time AS PROCTIME(),
+  event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT), 3),
+                         TO_TIMESTAMP_LTZ(0, 3)),
+  WATERMARK FOR event_time AS event_time - {_interval(cfg.features.watermark_delay_s)}
+) WITH (
+  {with_clause(kafka)}
+)"""
+
+
+def _kafka_sink(cfg: Settings, name: str, topic: str, columns: str, opt: JobOptions) -> str:
+    props = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "format": "json",
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": f"{opt.job_name}-{name}",
+        "properties.transaction.timeout.ms": "900000",
+    }
+    return f"CREATE TABLE {name} ({columns}) WITH (\n  {with_clause(props)}\n)"
+
+
+def _views() -> list[str]:
+    fields = {
+        "event_id": "STRING",
+        "user_id": "STRING",
+        "item_id": "STRING",
+        "item_category": "STRING",
+        "event_type": "STRING",
+        "request_id": "STRING",
+        "list_position": "BIGINT",
+        "propensity": "DOUBLE",
+    }
+    # `position` is a reserved word in Flink SQL: the column is list_position.
+    parsed = ",\n  ".join(
+        f"TRY_CAST(JSON_VALUE(payload, '$.{f.removeprefix('list_')}') AS {t}) AS {f}"
+        if t != "STRING"
+        else f"JSON_VALUE(payload, '$.{f}') AS {f}"
+        for f, t in fields.items()
+    )
+    return [
+        f"""CREATE TEMPORARY VIEW events_checked AS
+SELECT payload, proc_time, event_time,
+  {parsed},
+  {reject_reason_sql()} AS reject_reason,
+  CURRENT_WATERMARK(event_time) AS wm
+FROM events_raw""",
+        """CREATE TEMPORARY VIEW events_ontime AS
+SELECT * FROM events_checked
+WHERE reject_reason IS NULL AND (wm IS NULL OR event_time > wm)""",
+        f"""CREATE TEMPORARY VIEW events_clean AS
+SELECT event_id, user_id, item_id, item_category, event_type, list_position, propensity, event_time,
+  CASE WHEN event_type = 'impression' THEN 1 ELSE 0 END AS is_impression,
+  CASE WHEN event_type = 'click' THEN 1 ELSE 0 END AS is_click,
+  CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END AS is_purchase,
+  CASE WHEN event_type = 'impression' THEN POWER(CAST(list_position AS DOUBLE), -{EXAMINATION_ETA}) ELSE 0.0 END AS exam
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc_time ASC) AS rn FROM events_ontime
+) WHERE rn = 1""",
+    ]
+
+
+def _window(g: FeatureGroup, table: str) -> str:
+    size, slide = int(g.window.size.total_seconds()), int(g.window.slide.total_seconds())
+    if g.window.hopping:
+        return f"TABLE(HOP(TABLE {table}, DESCRIPTOR(event_time), {_interval(slide)}, {_interval(size)}))"
+    return f"TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(event_time), {_interval(size)}))"
+
+
+def group_views(g: FeatureGroup) -> list[tuple[str, str]]:
+    """(name, query) of the views that end in g_<group>: keys, features, event_timestamp (the window end),
+    only what changed. Registered as Table objects: Flink re-parses SQL views' text when expanding them,
+    and loses the parentheses of a multi-column SESSION ... PARTITION BY (a, b) on the way."""
+    src = f"events_{g.name}"
+    keys = ", ".join(g.entities)
+    views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""))]
+    feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
+    all_windows = f"""SELECT {keys},
+  {feats},
+  window_end, window_time
+FROM {_window(g, src)}
+GROUP BY {keys}, window_start, window_end, window_time"""
+    names = ", ".join(g.feature_names)
+    if not g.emits_changes:
+        views.append(
+            (
+                f"g_{g.name}",
+                f"SELECT {keys}, {names}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp FROM ({all_windows})",
+            )
+        )
+        return views
+    views.append((f"w_{g.name}", all_windows))
+    over = f"OVER (PARTITION BY {keys} ORDER BY window_time)"
+    lags = ", ".join(f"LAG({n}) {over} AS prev_{n}" for n in g.feature_names)
+    slide_s = int(g.window.slide.total_seconds())
+    changed = " OR ".join(f"{n} IS DISTINCT FROM prev_{n}" for n in g.feature_names)
+    # Emit a window when its value differs from the key's previous window, or when windows were
+    # skipped in between (the key was empty there, and its empty row has been written).
+    changes = f"""SELECT {keys}, {names}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp FROM (
+  SELECT *, LAG(window_end) {over} AS prev_end, {lags} FROM w_{g.name}
+) WHERE prev_end IS NULL OR prev_end <> window_end - {_interval(slide_s)} OR {changed}"""
+    # A session window with gap = window size closes when the key's last event leaves the window; its
+    # empty row goes at the first window end (a multiple of the slide) that no longer holds that event.
+    empties = ", ".join(f"{f.empty_sql} AS {f.name}" for f in g.features)
+    gap = _interval(g.window.size.total_seconds())
+    empty = f"""SELECT {keys}, {empties},
+  CAST(TO_TIMESTAMP_LTZ((FLOOR(UNIX_TIMESTAMP(CAST(window_end AS STRING)) / {slide_s}) + 1) * {slide_s} * 1000, 3)
+       AS TIMESTAMP(3)) AS event_timestamp
+FROM TABLE(SESSION(TABLE {src} PARTITION BY ({keys}), DESCRIPTOR(event_time), {gap}))
+GROUP BY {keys}, window_start, window_end"""
+    views.append((f"g_{g.name}", f"{changes}\nUNION ALL\n{empty}"))
+    return views
+
+
+def _offline_sink(g: FeatureGroup, opt: JobOptions) -> str:
+    cols = [f"{k} STRING" for k in g.entities] + [f"{f.name} {SQL_TYPES[f.dtype]}" for f in g.features]
+    cols += ["event_timestamp TIMESTAMP(3)", "dt STRING", "hr STRING"]
+    props = {
+        "connector": "filesystem",
+        "path": (opt.offline_dir / g.name).as_uri(),
+        "format": "parquet",
+        "parquet.utc-timezone": "true",
+        "sink.partition-commit.policy.kind": "success-file",
+        "sink.partition-commit.trigger": "process-time",
+        "sink.partition-commit.delay": "0 s",
+    }
+    return (
+        f"CREATE TABLE offline_{g.name} ({', '.join(cols)}) PARTITIONED BY (dt, hr) WITH (\n  {with_clause(props)}\n)"
+    )
+
+
+def _audit_sink(opt: JobOptions) -> str:
+    props = {
+        "connector": "filesystem",
+        "path": (opt.offline_dir / "_audit").as_uri(),
+        "format": "parquet",
+        "sink.partition-commit.policy.kind": "success-file",
+        "sink.partition-commit.delay": "0 s",
+    }
+    return (
+        f"CREATE TABLE audit (stage STRING, minute_end TIMESTAMP(3), events BIGINT, dt STRING) "
+        f"PARTITIONED BY (dt) WITH (\n  {with_clause(props)}\n)"
+    )
+
+
+def _online_select(g: FeatureGroup) -> str:
+    keys = ", ".join(f"KEY '{k}' VALUE {k}" for k in g.entities)
+    vals = ", ".join(
+        f"KEY '{f.name}' VALUE "
+        + (f"UNIX_TIMESTAMP(CAST({f.name} AS STRING)) * 1000" if f.dtype == "timestamp" else f.name)
+        for f in g.features
+    )
+    return (
+        f"SELECT '{g.name}' AS feature_view, JSON_OBJECT({keys}) AS entity_keys, "
+        f"UNIX_TIMESTAMP(CAST(event_timestamp AS STRING)) * 1000 AS window_end_ms, "
+        f"JSON_OBJECT({vals}) AS feature_values FROM g_{g.name}"
+    )
+
+
+def build(cfg: Settings, opt: JobOptions, env=None):
+    """Create the environment and declare the whole job. Returns (stream env, statement set)."""
+    from pyflink.common import Configuration, Types
+    from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
+
+    conf = Configuration()
+    conf.set_string("pipeline.jars", ";".join(p.as_uri() for p in connector_jars(cfg)))
+    conf.set_string("python.executable", sys.executable)
+    # Embedded runs: ~20 window operators share each slot's managed memory; the default is too thin.
+    conf.set_string("taskmanager.memory.managed.size", "768m")
+    env = env or StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(opt.parallelism)
+    env.enable_checkpointing(cfg.features.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    t_env = StreamTableEnvironment.create(env)
+    tc = t_env.get_config()
+    tc.set("pipeline.name", opt.job_name)
+    tc.set("table.local-time-zone", "UTC")
+    if not opt.bounded:
+        # Not for replays of a backlog: a partition the reader is merely slow to get to would be marked
+        # idle, the watermark would jump to the fastest partition, and its events would all turn late.
+        tc.set("table.exec.source.idle-timeout", f"{cfg.features.idle_timeout_s} s")
+    tc.set("table.exec.state.ttl", f"{cfg.features.dedup_horizon_s} s")  # bounds the dedup state
+    tc.set("execution.checkpointing.dir", (cfg.var_dir / "flink" / "checkpoints").as_uri())
+    tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    tc.set("restart-strategy.type", "exponential-delay")
+    tc.set("python.fn-execution.bundle.time", "100")
+
+    t_env.execute_sql(source_ddl(cfg, opt))
+    for ddl in _views():
+        t_env.execute_sql(ddl)
+    t_env.execute_sql(_kafka_sink(cfg, "dead_letters", opt.dlq_topic, "reason STRING, payload STRING", opt))
+    t_env.execute_sql(
+        _kafka_sink(
+            cfg,
+            "late_events",
+            opt.late_topic,
+            "payload STRING, event_time TIMESTAMP_LTZ(3), watermark_at_arrival TIMESTAMP_LTZ(3)",
+            opt,
+        )
+    )
+    stmts = t_env.create_statement_set()
+    # Every branch reads the same source columns, so the planner reuses one Kafka reader: the late and
+    # on-time branches must see the same watermark for each record, or the counts cannot reconcile.
+    stmts.add_insert_sql(
+        "INSERT INTO dead_letters SELECT reject_reason, payload FROM events_checked WHERE reject_reason IS NOT NULL"
+    )
+    stmts.add_insert_sql(
+        "INSERT INTO late_events SELECT payload, event_time, wm FROM events_checked "
+        "WHERE reject_reason IS NULL AND wm IS NOT NULL AND event_time <= wm"
+    )
+    # Audit: per-minute counts of on-time valid events and of those left after dedup, so that
+    # `flywheel features reconcile` can check in = aggregated + dead-lettered + late + duplicates.
+    t_env.execute_sql(_audit_sink(opt))
+    for stage, view in (("ontime", "events_ontime"), ("aggregated", "events_clean")):
+        stmts.add_insert_sql(
+            f"INSERT INTO audit SELECT '{stage}', CAST(window_end AS TIMESTAMP(3)), COUNT(*), "
+            f"DATE_FORMAT(CAST(window_end AS TIMESTAMP(3)), 'yyyy-MM-dd') "
+            f"FROM TABLE(TUMBLE(TABLE {view}, DESCRIPTOR(event_time), INTERVAL '1' MINUTE)) "
+            f"GROUP BY window_start, window_end"
+        )
+    online_parts = []
+    for g in GROUPS:
+        for name, query in group_views(g):
+            t_env.create_temporary_view(name, t_env.sql_query(query))
+        t_env.execute_sql(_offline_sink(g, opt))
+        stmts.add_insert_sql(
+            f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "
+            f"DATE_FORMAT(event_timestamp, 'HH') FROM g_{g.name}"
+        )
+        online_parts.append(_online_select(g))
+
+    # Online: one stream of (view, keys, ts, values) for every group, sharded for batching.
+    online = t_env.sql_query("\nUNION ALL\n".join(online_parts))
+    n = opt.parallelism
+    timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
+    writer = OnlineWriter(
+        feast_env(cfg),
+        str(FEATURE_REPO),
+        timestamp_features,
+        cfg.features.online_batch_size,
+        cfg.features.online_flush_ms,
+    )
+    audit = (
+        t_env.to_data_stream(online)
+        .key_by(lambda r: zlib.crc32(r[1].encode()) % n, key_type=Types.INT())
+        .process(writer, output_type=AUDIT_ROW)
+        .name("feast-online-writer")
+    )
+    t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
+    t_env.execute_sql(
+        "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "
+        "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
+    )
+    stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
+    return env, stmts
+
+
+def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):
+    """Entry function. Embedded unless the environment was created for a remote cluster."""
+    opt = opt or options(cfg)
+    env, stmts = build(cfg, opt)
+    stmts.attach_as_datastream()
+    if wait:
+        return env.execute(opt.job_name)
+    return env.execute_async(opt.job_name)
