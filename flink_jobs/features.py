@@ -144,6 +144,11 @@ FROM (
     ]
 
 
+def _day_to_minute(seconds: float) -> str:
+    minutes = int(seconds) // 60
+    return f"INTERVAL '{minutes // 1440} {minutes % 1440 // 60:02d}:{minutes % 60:02d}' DAY TO MINUTE"
+
+
 def _window(g: FeatureGroup, table: str) -> str:
     size, slide = int(g.window.size.total_seconds()), int(g.window.slide.total_seconds())
     if g.window.hopping:
@@ -183,14 +188,25 @@ GROUP BY {keys}, window_start, window_end, window_time"""
     changes = f"""SELECT {keys}, {names}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp FROM (
   SELECT *, LAG(window_end) {over} AS prev_end, {lags} FROM w_{g.name}
 ) WHERE prev_end IS NULL OR prev_end <> window_end - {_interval(slide_s)} OR {changed}"""
-    # A session window with gap = window size closes when the key's last event leaves the window; its
-    # empty row goes at the first window end (a multiple of the slide) that no longer holds that event.
+    # The empty row: at the first window end (on the slide grid) whose window holds none of the key's
+    # events. Sessions over slide-aligned panes find it exactly: panes p1 < p2 keep the key non-empty in
+    # between iff p2 - p1 <= size, so the session gap is size plus less than one slide (one minute), and
+    # the session ends one minute after the empty row's time.
+    panes = f"panes_{g.name}"
+    views.append(
+        (
+            panes,
+            f"SELECT {keys}, window_time AS pane_time FROM "
+            f"TABLE(TUMBLE(TABLE {src}, DESCRIPTOR(event_time), {_interval(slide_s)})) "
+            f"GROUP BY {keys}, window_start, window_end, window_time",
+        )
+    )
     empties = ", ".join(f"{f.empty_sql} AS {f.name}" for f in g.features)
-    gap = _interval(g.window.size.total_seconds())
+    gap = _day_to_minute(g.window.size.total_seconds() + 60)
     empty = f"""SELECT {keys}, {empties},
-  CAST(TO_TIMESTAMP_LTZ((FLOOR(UNIX_TIMESTAMP(CAST(window_end AS STRING)) / {slide_s}) + 1) * {slide_s} * 1000, 3)
+  CAST(TO_TIMESTAMP_LTZ(FLOOR(UNIX_TIMESTAMP(CAST(window_end AS STRING)) / {slide_s}) * {slide_s} * 1000, 3)
        AS TIMESTAMP(3)) AS event_timestamp
-FROM TABLE(SESSION(TABLE {src} PARTITION BY ({keys}), DESCRIPTOR(event_time), {gap}))
+FROM TABLE(SESSION(TABLE {panes} PARTITION BY ({keys}), DESCRIPTOR(pane_time), {gap}))
 GROUP BY {keys}, window_start, window_end"""
     views.append((f"g_{g.name}", f"{changes}\nUNION ALL\n{empty}"))
     return views
@@ -228,6 +244,8 @@ def _audit_sink(opt: JobOptions) -> str:
 
 
 def _online_select(g: FeatureGroup) -> str:
+    """One JSON row per value for the online writer. Timestamps go as epoch seconds: Feast's online
+    store keeps UnixTimestamp values in whole seconds anyway."""
     keys = ", ".join(f"KEY '{k}' VALUE {k}" for k in g.entities)
     vals = ", ".join(
         f"KEY '{f.name}' VALUE "
