@@ -21,6 +21,8 @@ data_app = typer.Typer(help="Datasets fetched at setup.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(events_app, name="events")
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="The PyFlink feature job and the Feast feature store.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 console = Console(width=max(Console().width, 120))
 
 ServicesOpt = Annotated[
@@ -222,6 +224,58 @@ def count_cmd(topic: Annotated[str | None, typer.Option()] = None) -> None:
         except (orjson.JSONDecodeError, AttributeError):
             by_type["<malformed>"] += 1
     console.print(f"{name}: {sum(by_type.values())} records {dict(by_type)}")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """`feast apply` on feature_repo/ with the environment it needs."""
+    from flywheel import feast_store
+
+    console.print(feast_store.apply(load_settings()))
+
+
+@features_app.command("run")
+def features_run(
+    bounded: Annotated[bool, typer.Option(help="stop at the topic's current end (replays, backfills)")] = False,
+    topic: Annotated[str | None, typer.Option(help="events topic (default: flywheel.yaml)")] = None,
+    parallelism: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the feature job embedded (a local mini-cluster in this process)."""
+    from flink_jobs import features
+    from flywheel import feast_store
+
+    cfg = load_settings()
+    feast_store.apply(cfg)
+    overrides = {k: v for k, v in {"topic": topic, "parallelism": parallelism}.items() if v is not None}
+    opt = features.options(cfg, bounded=bounded, **overrides)
+    t0 = time.monotonic()
+    features.run(cfg, opt)
+    console.print(f"feature job finished in {time.monotonic() - t0:.0f}s; Parquet under {opt.offline_dir}")
+
+
+@features_app.command("reconcile")
+def features_reconcile(topic: Annotated[str | None, typer.Option()] = None) -> None:
+    """Check: events in = aggregated + duplicates + dead-lettered + late (+ pending while running)."""
+    from flink_jobs import features
+    from flink_jobs.reconcile import reconcile
+
+    cfg = load_settings()
+    opt = features.options(cfg, **({"topic": topic} if topic else {}))
+    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    t = Table("events in", "aggregated", "duplicates", "dead-lettered", "late", "pending")
+    t.add_row(*(str(v) for v in (r.events_in, r.aggregated, r.duplicates, r.dead_lettered, r.late, r.pending)))
+    console.print(t)
+    if r.pending < 0:
+        _fail("more events accounted for than entered the topic: outputs from another run are mixed in")
+
+
+@app.command("env")
+def env_cmd() -> None:
+    """Print `export` lines for feature_store.yaml (use: eval "$(.venv/bin/flywheel env)")."""
+    from flywheel.feast_store import feast_env
+
+    for k, v in feast_env(load_settings()).items():
+        print(f"export {k}='{v}'")
 
 
 @app.command()
