@@ -269,6 +269,59 @@ def features_reconcile(topic: Annotated[str | None, typer.Option()] = None) -> N
         _fail("more events accounted for than entered the topic: outputs from another run are mixed in")
 
 
+flink_app = typer.Typer(help="The feature job on a Flink cluster (flink run, savepoints).", no_args_is_help=True)
+app.add_typer(flink_app, name="flink")
+JobArgs = Annotated[list[str] | None, typer.Argument(help="passed to flink_jobs/features.py, e.g. -- --bounded")]
+
+
+@flink_app.command("submit")
+def flink_submit(job_args: JobArgs = None) -> None:
+    """Submit the feature job to the cluster (detached)."""
+    from flywheel import feast_store
+    from flywheel.flink_cluster import submit
+
+    cfg = load_settings()
+    feast_store.apply(cfg)
+    console.print(f"submitted: job {submit(cfg, job_args or [])}  (UI: {cfg.flink.rest_url})")
+
+
+@flink_app.command("list")
+def flink_list() -> None:
+    """Jobs on the cluster."""
+    from flywheel.flink_cluster import list_jobs
+
+    t = Table("job id", "name", "state", "started")
+    for j in list_jobs(load_settings()):
+        t.add_row(j["jid"], j["name"], j["state"], time.strftime("%F %T", time.gmtime(j["start-time"] / 1000)))
+    console.print(t)
+
+
+@flink_app.command("stop")
+def flink_stop(job_id: str, savepoint: Annotated[bool, typer.Option(help="take a savepoint first")] = True) -> None:
+    """Stop a job, with a savepoint to resume from."""
+    import requests
+
+    from flywheel.flink_cluster import stop_with_savepoint
+
+    cfg = load_settings()
+    if savepoint:
+        console.print(f"stopped; savepoint: {stop_with_savepoint(cfg, job_id)}")
+    else:
+        requests.patch(f"{cfg.flink.rest_url}/jobs/{job_id}?mode=cancel", timeout=30).raise_for_status()
+        console.print("cancelled")
+
+
+@flink_app.command("resume")
+def flink_resume(
+    from_: Annotated[str, typer.Option("--from", help="savepoint or retained checkpoint path")],
+    job_args: JobArgs = None,
+) -> None:
+    """Start the feature job again from a savepoint (same topology, state and Kafka offsets)."""
+    from flywheel.flink_cluster import submit
+
+    console.print(f"resumed: job {submit(load_settings(), job_args or [], savepoint=from_)}")
+
+
 @app.command("env")
 def env_cmd() -> None:
     """Print `export` lines for feature_store.yaml (use: eval "$(.venv/bin/flywheel env)")."""

@@ -322,6 +322,7 @@ class Flink(Service):
             FLINK_CONF_DIR=str(self.conf_dir),
             FLINK_LOG_DIR=str(self.cfg.var_dir / "log"),
             FLINK_HOME=str(self.flink_home()),
+            FLINK_LIB_DIR=str(self.dir / "lib"),
         )
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
@@ -332,6 +333,13 @@ class Flink(Service):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         for name in ("log4j-console.properties", "log4j-cli.properties", "log4j.properties", "logback-console.xml"):
             shutil.copy(home / "conf" / name, self.conf_dir / name)
+        # The wheel's lib/ plus flink-python (in opt/): the JobManager needs it to accept PyFlink
+        # DataStream jobs (ExternalPythonProcessOperator), as a Flink distribution's docs prescribe.
+        lib = self.dir / "lib"
+        shutil.rmtree(lib, ignore_errors=True)
+        lib.mkdir(parents=True)
+        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python-*.jar")]:
+            (lib / jar.name).symlink_to(jar)
         shipped = (home / "conf" / "config.yaml").read_text()
         java_opts = shipped.split("all:", 1)[1].splitlines()[0].strip()
         config = {
@@ -345,6 +353,9 @@ class Flink(Service):
             "taskmanager.host": self.host,
             "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
             "taskmanager.memory.process.size": f.taskmanager_memory,
+            # The feature job's state lives on the heap (hashmap backend), and so do the open Parquet
+            # writers: give the heap more than the 0.4 managed-memory default leaves.
+            "taskmanager.memory.managed.fraction": 0.25,
             "parallelism.default": f.parallelism,
             "rest.address": self.host,
             "rest.bind-address": self.host,

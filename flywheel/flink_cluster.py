@@ -1,0 +1,112 @@
+"""`flywheel flink submit | list | stop | resume`: the feature job on a Flink cluster.
+
+Submission goes through Flink's own `flink run` (the client in the apache-flink wheel) against the
+REST endpoint in settings, so the same commands drive the local standalone cluster or a remote one.
+Stop takes a savepoint (REST API) and resume starts from it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from flywheel.settings import REPO_ROOT, Settings
+
+
+class FlinkError(RuntimeError):
+    pass
+
+
+def _flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> str:
+    """Submit flink_jobs/features.py detached; returns the job id."""
+    from flywheel.infra.services import Flink
+
+    flink = Flink(cfg)
+    env = {**os.environ, "FLYWHEEL_VAR_DIR": str(cfg.var_dir), "PYTHONPATH": str(REPO_ROOT)}
+    if flink.local and flink.conf_dir.exists():
+        env["FLINK_CONF_DIR"] = str(flink.conf_dir)
+    cmd = [
+        "bash",
+        str(_flink_home() / "bin" / "flink"),
+        "run",
+        "--detached",
+        "-m",
+        f"{cfg.flink.host}:{cfg.flink.rest_port}",
+        "-pyclientexec",
+        sys.executable,
+        "-pyexec",
+        sys.executable,
+    ]
+    if savepoint:
+        cmd += ["--fromSavepoint", savepoint]
+    cmd += ["--python", str(REPO_ROOT / "flink_jobs" / "features.py"), *job_args]
+    before = {j["jid"] for j in list_jobs(cfg)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise FlinkError(f"flink run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():
+        if "JobID" in line:
+            return line.split()[-1]
+    new = [j["jid"] for j in list_jobs(cfg) if j["jid"] not in before]
+    if len(new) == 1:
+        return new[0]
+    raise FlinkError(f"submitted, but could not tell the job id:\n{proc.stdout[-2000:]}")
+
+
+def list_jobs(cfg: Settings) -> list[dict]:
+    r = requests.get(f"{cfg.flink.rest_url}/jobs/overview", timeout=10)
+    r.raise_for_status()
+    return r.json()["jobs"]
+
+
+def job(cfg: Settings, job_id: str) -> dict:
+    r = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def completed_checkpoints(cfg: Settings, job_id: str) -> int:
+    r = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=10)
+    r.raise_for_status()
+    return int(r.json()["counts"]["completed"])
+
+
+def wait_state(cfg: Settings, job_id: str, states: set[str], timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = job(cfg, job_id)["state"]
+        if state in states:
+            return state
+        time.sleep(1)
+    raise FlinkError(f"job {job_id} not in {states} after {timeout_s:.0f}s (now {state})")
+
+
+def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> str:
+    """Stop the job with a savepoint; returns the savepoint path."""
+    target = (cfg.var_dir / "flink" / "savepoints").as_uri()
+    r = requests.post(
+        f"{cfg.flink.rest_url}/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}, timeout=30
+    )
+    r.raise_for_status()
+    trigger = r.json()["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/savepoints/{trigger}", timeout=10).json()
+        if st["status"]["id"] == "COMPLETED":
+            op = st["operation"]
+            if "failure-cause" in op:
+                raise FlinkError(f"savepoint failed: {op['failure-cause'].get('stack-trace', '')[:2000]}")
+            return op["location"]
+        time.sleep(1)
+    raise FlinkError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
