@@ -287,7 +287,7 @@ def _online_select(g: FeatureGroup) -> str:
     )
 
 
-def build(cfg: Settings, opt: JobOptions, env=None):
+def build(cfg: Settings, opt: JobOptions):
     """Create the environment and declare the whole job. Returns (stream env, statement set)."""
     from pyflink.common import Configuration, Types
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
@@ -303,7 +303,7 @@ def build(cfg: Settings, opt: JobOptions, env=None):
     conf.set_string("python.executable", sys.executable)
     # Embedded runs: ~20 window operators share each slot's managed memory; the default is too thin.
     conf.set_string("taskmanager.memory.managed.size", "768m")
-    env = env or StreamExecutionEnvironment.get_execution_environment(conf)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(opt.parallelism)
     env.enable_checkpointing(cfg.features.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     t_env = StreamTableEnvironment.create(env)
@@ -314,7 +314,9 @@ def build(cfg: Settings, opt: JobOptions, env=None):
         # Not for replays of a backlog: a partition the reader is merely slow to get to would be marked
         # idle, the watermark would jump to the fastest partition, and its events would all turn late.
         tc.set("table.exec.source.idle-timeout", f"{cfg.features.idle_timeout_s} s")
-    tc.set("table.exec.state.ttl", f"{cfg.features.dedup_horizon_s} s")  # bounds the dedup state
+    # Bounds the dedup state. It also bounds the change filter's memory of a key's last value: after an
+    # hour of silence a key's next window is written even if unchanged (harmless, idempotent).
+    tc.set("table.exec.state.ttl", f"{cfg.features.dedup_horizon_s} s")
     tc.set("execution.checkpointing.dir", (cfg.var_dir / "flink" / "checkpoints").as_uri())
     tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     # Aligned checkpoints: unaligned ones were tried and persisted the in-flight window output (150 MB

@@ -17,11 +17,6 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-# view, entity keys (JSON), window end (epoch ms), feature values (JSON)
-ONLINE_ROW = Types.ROW_NAMED(
-    ["feature_view", "entity_keys", "window_end_ms", "feature_values"],
-    [Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()],
-)
 AUDIT_ROW = Types.ROW_NAMED(
     ["feature_view", "rows_written", "max_window_end_ms", "written_at_ms"],
     [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],
@@ -52,6 +47,7 @@ class OnlineWriter(KeyedProcessFunction):
         self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.LONG()))
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context):
+        # row: feature_view, entity_keys (JSON), window_end_ms, feature_values (JSON)
         self.buffer.add((row[0], row[1], row[2], row[3]))
         n = (self.pending.value() or 0) + 1
         if n >= self.batch_size:

@@ -17,7 +17,7 @@ Everything is a function of the seed: the same config gives byte-identical recor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,7 @@ class _World:
     def __init__(self, cfg: SimConfig, rng: np.random.Generator):
         d, c = cfg.latent_dim, cfg.categories
         self.cat_latent = rng.normal(size=(c, d)) / np.sqrt(d)
-        self.user_latent = rng.normal(size=(cfg.users, d)) / np.sqrt(d) + 0.0
+        self.user_latent = rng.normal(size=(cfg.users, d)) / np.sqrt(d)
         self.user_activity = rng.lognormal(0.0, 1.0, cfg.users)
         self.user_activity /= self.user_activity.sum()
         n_new = int(round(cfg.new_items_per_day * cfg.days))
@@ -314,7 +314,3 @@ def _malform(kind: str, ev: dict[str, Any]) -> bytes:
     elif kind == "unknown_field":
         ev["colour"] = "blue"
     return orjson.dumps(ev)
-
-
-def day_offset(cfg: SimConfig, days: float) -> datetime:
-    return cfg.start + timedelta(days=days)
