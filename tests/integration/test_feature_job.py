@@ -4,18 +4,12 @@ from Redis what the offline store holds."""
 
 from __future__ import annotations
 
-import math
-import random
 import uuid
-from collections import Counter
 
-import duckdb
-import numpy as np
 import orjson
-import pandas as pd
 import pytest
 
-from feature_repo.spec import GROUPS, FeatureGroup
+from feature_repo.spec import GROUPS
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel import feast_store
@@ -23,7 +17,9 @@ from flywheel.cli import write_records
 from flywheel.events.consumer import read_topic
 from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
+from flywheel.infra.services import Redis
 from flywheel.kafka import ensure_topics
+from tests.integration.feature_checks import assert_offline_matches_reference, assert_online_matches_offline
 
 pytestmark = pytest.mark.integration
 FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
@@ -32,6 +28,7 @@ FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, mal
 @pytest.fixture(scope="module")
 def job(cfg):
     feast_store.apply(cfg)
+    Redis(cfg).client().flushdb()  # the online checks must see this run's writes only
     name = f"fj-{uuid.uuid4().hex[:8]}"
     opt = features.options(
         cfg, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name, bounded=True
@@ -41,69 +38,6 @@ def job(cfg):
     write_records(cfg, sim.keys, sim.values, opt.topic)
     features.run(cfg, opt)
     return cfg, opt, sim
-
-
-def _offline(opt, g: FeatureGroup) -> pd.DataFrame:
-    files = [str(p) for p in (opt.offline_dir / g.name).glob("dt=*/hr=*/part-*")]
-    assert files, f"no committed Parquet for {g.name}"
-    return duckdb.sql("SELECT * EXCLUDE (dt, hr) FROM read_parquet($f)", params={"f": files}).df()
-
-
-def _clean_events(cfg, opt, sim) -> pd.DataFrame:
-    """Valid (Python validator), minus what the job reported late (as a multiset), deduplicated."""
-    late = Counter(orjson.loads(v)["payload"] for _, v in read_topic(cfg.kafka, opt.late_topic))
-    seen: set[str] = set()
-    rows = []
-    for raw in sim.values:
-        event, rejection = parse(raw)
-        if rejection is not None:
-            continue
-        text = raw.decode()
-        if late[text] > 0:
-            late[text] -= 1
-            continue
-        if event["event_id"] in seen:
-            continue
-        seen.add(event["event_id"])
-        rows.append(event)
-    assert sum(late.values()) == 0, "the late topic holds records that were never produced"
-    df = pd.DataFrame(rows)
-    df["imp"] = (df.event_type == "impression").astype(int)
-    df["clk"] = (df.event_type == "click").astype(int)
-    df["buy"] = (df.event_type == "purchase").astype(int)
-    df["exam"] = np.where(df.imp == 1, df.position.astype(float) ** -0.8, 0.0)
-    return df
-
-
-def _reference(events: pd.DataFrame, name: str) -> object:
-    """A feature's value over a window's events, from its name (independent of the job's SQL)."""
-    imp, clk, buy = events.imp.sum(), events.clk.sum(), events.buy.sum()
-    base = name.removeprefix("cat_").rsplit("_", 1)[0]
-    if base == "impressions":
-        return int(imp)
-    if base == "clicks":
-        return int(clk)
-    if base == "purchases":
-        return int(buy)
-    if base == "ctr":
-        return clk / imp if imp else None
-    if base == "debiased_ctr":
-        return clk / events.exam.sum() if events.exam.sum() else None
-    if name == "last_click_time":
-        return events.event_time.max() if len(events) else None
-    raise KeyError(name)
-
-
-def _same(a, b) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return b is None or (isinstance(b, float) and math.isnan(b)) or b is pd.NaT
-    if isinstance(b, pd.Timestamp):
-        return int(b.value // 1_000_000) == int(a)
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-
-
-def _utc(ts: pd.Timestamp) -> pd.Timestamp:
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def test_counts_reconcile_exactly(job):
@@ -126,56 +60,9 @@ def test_dead_letters_carry_the_reason(job):
 @pytest.mark.parametrize("group", GROUPS, ids=[g.name for g in GROUPS])
 def test_offline_values_equal_the_reference_at_every_window_end(job, group):
     cfg, opt, sim = job
-    events = _clean_events(cfg, opt, sim)
-    if group.where == "item_category IS NOT NULL":
-        events = events[events.item_category.notna()]
-    if group.where == "is_click = 1":
-        events = events[events.clk == 1]
-    stored = _offline(opt, group)
-    assert not stored.duplicated(subset=[*group.entities, "event_timestamp"]).any(), "duplicate rows"
-    size_ms = int(group.window.size.total_seconds() * 1000)
-    slide_ms = int(group.window.slide.total_seconds() * 1000)
-    keys = sorted(events.groupby(list(group.entities)).groups)
-    random.Random(0).shuffle(keys)
-    checked = 0
-    for key in keys[:40]:
-        key = key if isinstance(key, tuple) else (key,)
-        mine = events[np.logical_and.reduce([events[k] == v for k, v in zip(group.entities, key, strict=True)])]
-        rows = stored[np.logical_and.reduce([stored[k] == v for k, v in zip(group.entities, key, strict=True)])]
-        rows = rows.sort_values("event_timestamp")
-        row_ms = rows.event_timestamp.to_numpy().astype("datetime64[ms]").astype("int64")
-        first = (mine.event_time.min() // slide_ms) * slide_ms
-        for end in range(first, mine.event_time.max() + size_ms + 2 * slide_ms, slide_ms):
-            in_window = mine[(mine.event_time >= end - size_ms) & (mine.event_time < end)]
-            if not group.emits_changes:  # latest-value groups: the last value before `end`
-                in_window = mine[mine.event_time < end]
-            i = np.searchsorted(row_ms, end, side="right") - 1
-            for f in group.feature_names:
-                want = _reference(in_window, f)
-                got = rows.iloc[i][f] if i >= 0 else None
-                if i < 0 and want in (0, None):
-                    continue
-                got = None if got is pd.NaT else got
-                assert _same(want, got), f"{group.name}{key} at {pd.Timestamp(end, unit='ms')}: {f}={got}, want {want}"
-                checked += 1
-    assert checked > 0
+    assert_offline_matches_reference(cfg, opt, sim, group)
 
 
 def test_feast_sdk_reads_from_redis_what_the_offline_store_holds_last(job):
     cfg, opt, _ = job
-    store = feast_store.store(cfg)
-    for group in GROUPS:
-        latest = _offline(opt, group).sort_values("event_timestamp").groupby(list(group.entities)).tail(1).head(25)
-        rows = [{k: r[k] for k in group.entities} for _, r in latest.iterrows()]
-        online = store.get_online_features(
-            features=[f"{group.name}:{f}" for f in group.feature_names], entity_rows=rows
-        ).to_df()
-        merged = latest.merge(online, on=list(group.entities), suffixes=("_offline", "_online"))
-        assert len(merged) == len(latest)
-        for f in group.feature_names:
-            for off, on in zip(merged[f"{f}_offline"], merged[f"{f}_online"], strict=True):
-                off = None if off is pd.NaT or (isinstance(off, float) and math.isnan(off)) else off
-                if isinstance(off, pd.Timestamp):  # Feast keeps UnixTimestamp values online in whole seconds
-                    assert _utc(pd.Timestamp(on)) == _utc(off).floor("s"), f"{group.name}.{f}: {off} vs {on}"
-                else:
-                    assert _same(off, on), f"{group.name}.{f}: offline {off}, online {on}"
+    assert_online_matches_offline(cfg, opt)

@@ -1,0 +1,138 @@
+"""Checks shared by the feature-job tests: an independent pandas reference for every feature, and the
+online store (read with the Feast SDK) against the offline store."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import duckdb
+import numpy as np
+import orjson
+import pandas as pd
+
+from feature_repo.spec import GROUPS, FeatureGroup
+from flywheel import feast_store
+from flywheel.events.consumer import read_topic
+from flywheel.events.schema import parse
+
+
+def offline_rows(opt, g: FeatureGroup) -> pd.DataFrame:
+    files = [str(p) for p in (opt.offline_dir / g.name).glob("dt=*/hr=*/part-*")]
+    assert files, f"no committed Parquet for {g.name}"
+    return duckdb.sql("SELECT * EXCLUDE (dt, hr) FROM read_parquet($f)", params={"f": files}).df()
+
+
+def clean_events(cfg, opt, sim) -> pd.DataFrame:
+    """Valid (Python validator), minus what the job reported late (as a multiset), deduplicated."""
+    late = Counter(orjson.loads(v)["payload"] for _, v in read_topic(cfg.kafka, opt.late_topic))
+    seen: set[str] = set()
+    rows = []
+    for raw in sim.values:
+        event, rejection = parse(raw)
+        if rejection is not None:
+            continue
+        text = raw.decode()
+        if late[text] > 0:
+            late[text] -= 1
+            continue
+        if event["event_id"] in seen:
+            continue
+        seen.add(event["event_id"])
+        rows.append(event)
+    assert sum(late.values()) == 0, "the late topic holds records that were never produced"
+    df = pd.DataFrame(rows)
+    df["imp"] = (df.event_type == "impression").astype(int)
+    df["clk"] = (df.event_type == "click").astype(int)
+    df["buy"] = (df.event_type == "purchase").astype(int)
+    df["exam"] = np.where(df.imp == 1, df.position.astype(float) ** -0.8, 0.0)
+    return df
+
+
+def reference(events: pd.DataFrame, name: str) -> object:
+    """A feature's value over a window's events, from its name (independent of the job's SQL)."""
+    imp, clk, buy = events.imp.sum(), events.clk.sum(), events.buy.sum()
+    base = name.removeprefix("cat_").rsplit("_", 1)[0]
+    if base == "impressions":
+        return int(imp)
+    if base == "clicks":
+        return int(clk)
+    if base == "purchases":
+        return int(buy)
+    if base == "ctr":
+        return clk / imp if imp else None
+    if base == "debiased_ctr":
+        return clk / events.exam.sum() if events.exam.sum() else None
+    if name == "last_click_time":
+        return events.event_time.max() if len(events) else None
+    raise KeyError(name)
+
+
+def same(a, b) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b)) or b is pd.NaT
+    if isinstance(b, pd.Timestamp):
+        return int(b.value // 1_000_000) == int(a)
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None:
+    """Every stored value, as of every window end (40 sampled keys), equals the reference; no duplicate rows."""
+    events = clean_events(cfg, opt, sim)
+    if group.where == "item_category IS NOT NULL":
+        events = events[events.item_category.notna()]
+    if group.where == "is_click = 1":
+        events = events[events.clk == 1]
+    stored = offline_rows(opt, group)
+    assert not stored.duplicated(subset=[*group.entities, "event_timestamp"]).any(), "duplicate rows"
+    size_ms = int(group.window.size.total_seconds() * 1000)
+    slide_ms = int(group.window.slide.total_seconds() * 1000)
+    keys = sorted(events.groupby(list(group.entities)).groups)
+    random.Random(0).shuffle(keys)
+    checked = 0
+    for key in keys[:40]:
+        key = key if isinstance(key, tuple) else (key,)
+        mine = events[np.logical_and.reduce([events[k] == v for k, v in zip(group.entities, key, strict=True)])]
+        rows = stored[np.logical_and.reduce([stored[k] == v for k, v in zip(group.entities, key, strict=True)])]
+        rows = rows.sort_values("event_timestamp")
+        row_ms = rows.event_timestamp.to_numpy().astype("datetime64[ms]").astype("int64")
+        first = (mine.event_time.min() // slide_ms) * slide_ms
+        for end in range(first, mine.event_time.max() + size_ms + 2 * slide_ms, slide_ms):
+            in_window = mine[(mine.event_time >= end - size_ms) & (mine.event_time < end)]
+            if not group.emits_changes:  # latest-value groups: the last value before `end`
+                in_window = mine[mine.event_time < end]
+            i = np.searchsorted(row_ms, end, side="right") - 1
+            for f in group.feature_names:
+                want = reference(in_window, f)
+                got = rows.iloc[i][f] if i >= 0 else None
+                if i < 0 and want in (0, None):
+                    continue
+                got = None if got is pd.NaT else got
+                assert same(want, got), f"{group.name}{key} at {pd.Timestamp(end, unit='ms')}: {f}={got}, want {want}"
+                checked += 1
+    assert checked > 0
+
+
+def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def assert_online_matches_offline(cfg, opt) -> None:
+    """The Feast SDK reads from Redis the latest offline row of each key (25 per view)."""
+    store = feast_store.store(cfg)
+    for group in GROUPS:
+        latest = offline_rows(opt, group).sort_values("event_timestamp").groupby(list(group.entities)).tail(1).head(25)
+        rows = [{k: r[k] for k in group.entities} for _, r in latest.iterrows()]
+        online = store.get_online_features(
+            features=[f"{group.name}:{f}" for f in group.feature_names], entity_rows=rows
+        ).to_df()
+        merged = latest.merge(online, on=list(group.entities), suffixes=("_offline", "_online"))
+        assert len(merged) == len(latest)
+        for f in group.feature_names:
+            for off, on in zip(merged[f"{f}_offline"], merged[f"{f}_online"], strict=True):
+                off = None if off is pd.NaT or (isinstance(off, float) and math.isnan(off)) else off
+                if isinstance(off, pd.Timestamp):  # Feast keeps UnixTimestamp values online in whole seconds
+                    assert _utc(pd.Timestamp(on)) == _utc(off).floor("s"), f"{group.name}.{f}: {off} vs {on}"
+                else:
+                    assert same(off, on), f"{group.name}.{f}: offline {off}, online {on}"
