@@ -54,6 +54,11 @@ def options(cfg: Settings, **overrides) -> JobOptions:
     return JobOptions(**base)
 
 
+def committed_parquet(offline_dir: Path, view: str) -> list[str]:
+    """The Parquet files of a feature view that a checkpoint has committed (in-progress ones are hidden)."""
+    return sorted(str(p) for p in (offline_dir / view).glob("dt=*/hr=*/part-*"))
+
+
 def _interval(seconds: float) -> str:
     """The largest unit that divides it (interval literals keep to two digits)."""
     seconds = int(seconds)

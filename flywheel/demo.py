@@ -65,6 +65,7 @@ def run(console: Console) -> None:
 def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     """Run the feature job (embedded, unbounded) until the watermark has passed the replayed data, show
     what landed in Parquet and what the Feast SDK reads from Redis, then stop the job."""
+    from feature_repo.spec import group
     from flink_jobs import features
     from flink_jobs.reconcile import reconcile
     from flywheel import feast_store
@@ -76,11 +77,12 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     client = features.run(cfg, opt, wait=False)
     # Sliding windows close as the watermark passes their end; the last 5-minute slide of the replay
     # closes once the watermark (last event - delay) reaches it. Parquet commits on each checkpoint.
-    target = (last_event_ms - cfg.features.watermark_delay_s * 1000) // 300_000 * 300_000
+    slide_ms = int(group("user_stats_1h").window.slide.total_seconds() * 1000)
+    target = (last_event_ms - cfg.features.watermark_delay_s * 1000) // slide_ms * slide_ms
     done = False
     while time.monotonic() - t0 < 300 and not done:
         time.sleep(3)
-        files = [str(p) for p in (opt.offline_dir / "user_stats_1h").glob("dt=*/hr=*/part-*")]
+        files = features.committed_parquet(opt.offline_dir, "user_stats_1h")
         if files:
             latest = duckdb.sql(
                 "SELECT max(epoch_ms(event_timestamp)) FROM read_parquet($f)", params={"f": files}
@@ -93,7 +95,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
 
     rows = Table("feature view", "Parquet rows")
     for g in features.GROUPS:
-        files = [str(p) for p in (opt.offline_dir / g.name).glob("dt=*/hr=*/part-*")]
+        files = features.committed_parquet(opt.offline_dir, g.name)
         n = duckdb.sql("SELECT count(*) FROM read_parquet($f)", params={"f": files}).fetchall()[0][0] if files else 0
         rows.add_row(g.name, str(n))
     console.print(rows)
@@ -104,7 +106,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     )
 
     store = feast_store.store(cfg)
-    files = [str(p) for p in (opt.offline_dir / "user_stats_7d").glob("dt=*/hr=*/part-*")]
+    files = features.committed_parquet(opt.offline_dir, "user_stats_7d")
     recent = "SELECT user_id FROM read_parquet($f) GROUP BY user_id ORDER BY max(event_timestamp) DESC, 1 LIMIT 3"
     users = [u for (u,) in duckdb.sql(recent, params={"f": files}).fetchall()] if files else []
     online = store.get_online_features(

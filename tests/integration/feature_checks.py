@@ -13,13 +13,14 @@ import orjson
 import pandas as pd
 
 from feature_repo.spec import GROUPS, FeatureGroup
+from flink_jobs.features import committed_parquet
 from flywheel import feast_store
 from flywheel.events.consumer import read_topic
 from flywheel.events.schema import parse
 
 
 def offline_rows(opt, g: FeatureGroup) -> pd.DataFrame:
-    files = [str(p) for p in (opt.offline_dir / g.name).glob("dt=*/hr=*/part-*")]
+    files = committed_parquet(opt.offline_dir, g.name)
     assert files, f"no committed Parquet for {g.name}"
     return duckdb.sql("SELECT * EXCLUDE (dt, hr) FROM read_parquet($f)", params={"f": files}).df()
 

@@ -73,4 +73,4 @@ def test_submitted_job_runs_on_the_cluster_and_reconciles(cfg):
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
     assert r.events_in == 3_000 and r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
-    assert any((opt.offline_dir / "user_stats_24h").glob("dt=*/hr=*/part-*"))
+    assert features.committed_parquet(opt.offline_dir, "user_stats_24h")
