@@ -11,13 +11,13 @@ from flywheel.settings import settings
 
 
 def offline_path(group_name: str) -> Path:
-    return settings().var_dir / "offline" / group_name
+    return settings().offline_dir / group_name
 
 
 SOURCES: dict[str, FileSource] = {
     g.name: FileSource(
         name=f"{g.name}_parquet",
-        path=str(offline_path(g.name)),
+        path=str(offline_path(g.name) / "dt=*" / "hr=*" / "part-*"),
         file_format=ParquetFormat(),
         timestamp_field="event_timestamp",
         description=f"Flink feature job output for {g.name} (timestamp = window end).",

@@ -49,6 +49,6 @@ def user_recency(inputs: pd.DataFrame) -> pd.DataFrame:
 )
 def item_trend(inputs: pd.DataFrame) -> pd.DataFrame:
     """Hourly impression rate of the last hour over that of the last day: > 1 means rising."""
-    last_hour = inputs["impressions_1h"].astype("float64")
-    hourly_day = inputs["impressions_24h"].astype("float64") / 24.0
+    last_hour = inputs["item_impressions_1h"].astype("float64")
+    hourly_day = inputs["item_impressions_24h"].astype("float64") / 24.0
     return pd.DataFrame({"popularity_trend": last_hour / hourly_day.where(hourly_day > 0)})

@@ -73,26 +73,34 @@ class FeatureGroup:
     @property
     def ttl(self) -> timedelta:
         """A stored value is true until the next row for its key; at most one window (plus slack) passes
-        between rows of an active key, so anything older means the pipeline stalled: treat as missing."""
-        return self.window.size + 2 * self.window.slide
+        between rows of an active key, so anything older means the pipeline stalled: treat as missing.
+
+        Beyond a day it is rounded up to whole days: Feast's DuckDB offline store (ibis) cannot turn a
+        timedelta of days plus seconds into an interval ("mixed units") and fails the whole retrieval."""
+        ttl = self.window.size + 2 * self.window.slide
+        return timedelta(days=ttl.days + (1 if ttl.seconds or ttl.microseconds else 0)) if ttl.days else ttl
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
 
-def _counts(suffix: str, debiased: bool) -> tuple[Feature, ...]:
+def _counts(prefix: str, suffix: str, debiased: bool) -> tuple[Feature, ...]:
+    """Names carry the entity (user_clicks_1h, item_clicks_1h): unique across views, so a feature service
+    needs no prefixes."""
     feats = [
-        Feature(f"impressions_{suffix}", "int64", "SUM(is_impression)"),
-        Feature(f"clicks_{suffix}", "int64", "SUM(is_click)"),
-        Feature(f"purchases_{suffix}", "int64", "SUM(is_purchase)"),
-        Feature(f"ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(is_impression), 0)"),
+        Feature(f"{prefix}_impressions_{suffix}", "int64", "SUM(is_impression)"),
+        Feature(f"{prefix}_clicks_{suffix}", "int64", "SUM(is_click)"),
+        Feature(f"{prefix}_purchases_{suffix}", "int64", "SUM(is_purchase)"),
+        Feature(f"{prefix}_ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(is_impression), 0)"),
     ]
     if debiased:
         # Clicks over the expected number of examined impressions: a user shown items low in the list
         # is not penalised for not clicking what they probably never saw.
         feats.append(
-            Feature(f"debiased_ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(exam), 0)")
+            Feature(
+                f"{prefix}_debiased_ctr_{suffix}", "float64", "CAST(SUM(is_click) AS DOUBLE) / NULLIF(SUM(exam), 0)"
+            )
         )
     return tuple(feats)
 
@@ -109,7 +117,7 @@ GROUPS: tuple[FeatureGroup, ...] = (
             f"user_stats_{w}",
             ("user_id",),
             WINDOWS[w],
-            _counts(w, debiased=True),
+            _counts("user", w, debiased=True),
             f"A user's impressions, clicks, purchases and CTR (raw and position-debiased) over {w}.",
         )
         for w in WINDOWS
@@ -119,7 +127,7 @@ GROUPS: tuple[FeatureGroup, ...] = (
             f"item_stats_{w}",
             ("item_id",),
             WINDOWS[w],
-            _counts(w, debiased=False),
+            _counts("item", w, debiased=False),
             f"An item's impressions, clicks, purchases and CTR over {w}.",
         )
         for w in WINDOWS

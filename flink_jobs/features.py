@@ -44,7 +44,7 @@ class JobOptions:
 def options(cfg: Settings, **overrides) -> JobOptions:
     base = dict(
         topic=cfg.kafka.topics.events,
-        offline_dir=cfg.var_dir / "offline",
+        offline_dir=cfg.offline_dir,
         dlq_topic=cfg.kafka.topics.dead_letter,
         late_topic=cfg.kafka.topics.late,
         group_id=cfg.features.group_id,
@@ -134,7 +134,7 @@ def _checked_select() -> str:
 FROM events_raw"""
 
 
-CLEAN_SELECT = f"""SELECT event_id, user_id, item_id, item_category, event_type, list_position, propensity,
+CLEAN_SELECT = f"""SELECT event_id, request_id, user_id, item_id, item_category, event_type, list_position, propensity,
   event_time AS event_ts,
   CASE WHEN event_type = 'impression' THEN 1 ELSE 0 END AS is_impression,
   CASE WHEN event_type = 'click' THEN 1 ELSE 0 END AS is_click,
@@ -262,6 +262,27 @@ def _offline_sink(g: FeatureGroup, opt: JobOptions) -> str:
     )
 
 
+EVENT_LOG = "events"  # the deduplicated on-time events, where training labels come from (training/labels.py)
+
+
+def _event_log_sink(opt: JobOptions) -> str:
+    """The clean event log, partitioned like the feature views. `position` keeps its contract name here."""
+    props = {
+        "connector": "filesystem",
+        "path": (opt.offline_dir / EVENT_LOG).as_uri(),
+        "format": "parquet",
+        "parquet.utc-timezone": "true",
+        "sink.partition-commit.policy.kind": "success-file",
+        "sink.partition-commit.trigger": "process-time",
+        "sink.partition-commit.delay": "0 s",
+    }
+    cols = (
+        "event_id STRING, request_id STRING, user_id STRING, item_id STRING, item_category STRING, "
+        "event_type STRING, `position` BIGINT, propensity DOUBLE, event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
+    )
+    return f"CREATE TABLE offline_events ({cols}) PARTITIONED BY (dt, hr) WITH (\n  {with_clause(props)}\n)"
+
+
 def _audit_sink(opt: JobOptions) -> str:
     props = {
         "connector": "filesystem",
@@ -361,6 +382,12 @@ def build(cfg: Settings, opt: JobOptions):
             f"FROM TABLE(TUMBLE(TABLE {view}, DESCRIPTOR(event_time), INTERVAL '1' MINUTE)) "
             f"GROUP BY window_start, window_end"
         )
+    t_env.execute_sql(_event_log_sink(opt))
+    stmts.add_insert_sql(
+        "INSERT INTO offline_events SELECT event_id, request_id, user_id, item_id, item_category, event_type, "
+        "list_position, propensity, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
+        "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
+    )
     online_parts = []
     for g in GROUPS:
         for name, query in group_views(g):

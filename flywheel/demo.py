@@ -32,7 +32,7 @@ def run(console: Console) -> None:
     # The demo starts from clean topics and outputs so its counts are exact on every run.
     delete_topics(cfg.kafka, [topic, cfg.kafka.topics.dead_letter, cfg.kafka.topics.late])
     ensure_topics(cfg.kafka)
-    shutil.rmtree(cfg.var_dir / "offline", ignore_errors=True)
+    shutil.rmtree(cfg.offline_dir, ignore_errors=True)
     with EventProducer(cfg.kafka) as producer:
         for ev in obd.paced(events, cfg.obd.speedup):
             producer.send(ev)
@@ -111,10 +111,10 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     users = [u for (u,) in duckdb.sql(recent, params={"f": files}).fetchall()] if files else []
     online = store.get_online_features(
         features=[
-            "user_stats_24h:impressions_24h",
-            "user_stats_24h:clicks_24h",
-            "user_stats_24h:debiased_ctr_24h",
-            "user_stats_7d:impressions_7d",
+            "user_stats_24h:user_impressions_24h",
+            "user_stats_24h:user_clicks_24h",
+            "user_stats_24h:user_debiased_ctr_24h",
+            "user_stats_7d:user_impressions_7d",
             "user_last_click:last_click_time",
         ],
         entity_rows=[{"user_id": u} for u in users],

@@ -39,3 +39,52 @@ def feast_cli(cfg: Settings, *args: str, check: bool = True) -> subprocess.Compl
 
 def apply(cfg: Settings) -> str:
     return feast_cli(cfg, "apply").stdout
+
+
+def isolated_store(work_dir: Path, offline_dir: Path, offline_store: str = "duckdb", single_file: bool = False):
+    """feature_repo's definitions over another offline folder, with their own registry and a SQLite
+    online store: for tests and benchmarks that must compare against Feast without touching the stack.
+    `offline_store` is "duckdb" (ours) or "file" (Feast's default); `single_file` reads <view>.parquet
+    instead of the feature job's dt=/hr= layout."""
+    import copy
+
+    from feast import FeatureStore, FileSource, RepoConfig
+    from feast.data_format import ParquetFormat
+
+    from feature_repo import entities, feature_services, feature_views
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(
+        project="flywheel",
+        provider="local",
+        registry=str(work_dir / "registry.db"),
+        online_store={"type": "sqlite", "path": str(work_dir / "online.db")},
+        offline_store={"type": offline_store},
+        entity_key_serialization_version=3,
+        repo_path=str(work_dir),
+    )
+    views = []
+    for name, fv in feature_views.VIEWS.items():
+        view = copy.deepcopy(fv)
+        view.batch_source = FileSource(
+            name=fv.batch_source.name,
+            path=str(
+                offline_dir / f"{name}.parquet" if single_file else offline_dir / name / "dt=*" / "hr=*" / "part-*"
+            ),
+            file_format=ParquetFormat(),
+            timestamp_field=fv.batch_source.timestamp_field,
+        )
+        views.append(view)
+    fs = FeatureStore(config=config)
+    fs.apply(
+        [
+            entities.user,
+            entities.item,
+            entities.item_category,
+            *views,
+            feature_views.user_recency,
+            feature_views.item_trend,
+            feature_services.ranker_v1,
+        ]
+    )
+    return fs

@@ -133,6 +133,19 @@ class FeatureJobSettings(_Model):
     online_flush_ms: int
 
 
+class LabelSettings(_Model):
+    """How a label is attributed to an impression (training/labels.py)."""
+
+    attribution_window_s: int  # a click or purchase counts for an impression up to this long after it
+    match_on: list[str]  # columns an outcome event must share with its impression
+    targets: dict[str, str]  # label column -> the event_type that sets it to 1
+
+
+class TrainsetSettings(_Model):
+    feature_service: str
+    output_dir: Path  # relative to var_dir
+
+
 class Settings(_Model):
     var_dir: Path
     build_dir: Path
@@ -143,12 +156,21 @@ class Settings(_Model):
     obd: ObdSettings
     simulator: SimulatorSettings
     features: FeatureJobSettings
+    labels: LabelSettings
+    trainset: TrainsetSettings
 
     def model_post_init(self, __context: Any) -> None:
         if not self.var_dir.is_absolute():
             self.var_dir = REPO_ROOT / self.var_dir
         if not self.build_dir.is_absolute():
             self.build_dir = REPO_ROOT / self.build_dir
+        if not self.trainset.output_dir.is_absolute():
+            self.trainset.output_dir = self.var_dir / self.trainset.output_dir
+
+    @property
+    def offline_dir(self) -> Path:
+        """Where the feature job writes its Parquet: one folder per feature view, plus the event log."""
+        return self.var_dir / "offline"
 
     @property
     def secrets_file(self) -> Path:
