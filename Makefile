@@ -13,6 +13,9 @@ test: setup
 test-unit: setup
 	.venv/bin/pytest -q tests/unit
 
+bench: setup
+	.venv/bin/flywheel bench trainset
+
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 

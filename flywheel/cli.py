@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -267,6 +267,75 @@ def features_reconcile(topic: Annotated[str | None, typer.Option()] = None) -> N
     console.print(t)
     if r.pending < 0:
         _fail("more events accounted for than entered the topic: outputs from another run are mixed in")
+
+
+trainset_app = typer.Typer(help="Point-in-time-correct training sets (labels + features).", no_args_is_help=True)
+app.add_typer(trainset_app, name="trainset")
+
+
+def _utc(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@trainset_app.command("build")
+def trainset_build(
+    start: Annotated[str | None, typer.Option(help="first impression time, ISO (default: log start)")] = None,
+    end: Annotated[str | None, typer.Option(help="end, exclusive, ISO (default: end of the event log)")] = None,
+    feature_service: Annotated[str | None, typer.Option(help="default: trainset.feature_service")] = None,
+    name: Annotated[str | None, typer.Option(help="output folder under var/trainsets")] = None,
+) -> None:
+    """Labels from the event log joined with the service's features as of strictly before each label."""
+    from datetime import timedelta
+
+    from flywheel import feast_store
+    from training import labels, trainset
+
+    cfg = load_settings()
+    files = labels.event_log_files(cfg.offline_dir)
+    if not files:
+        _fail(f"no event log under {cfg.offline_dir / 'events'}: run the feature job first (`flywheel features run`)")
+    con = labels.connect()
+    first, last = con.execute(
+        "SELECT min(CAST(event_timestamp AS TIMESTAMPTZ)), max(CAST(event_timestamp AS TIMESTAMPTZ)) "
+        f"FROM read_parquet({files!r})"
+    ).fetchall()[0]
+    begin, stop = _utc(start) or first, _utc(end) or last + timedelta(milliseconds=1)
+    manifest, out = trainset.build(cfg, feast_store.store(cfg), begin, stop, feature_service, name)
+    t = Table("rows", *manifest.label_counts, "labels final", "seconds", "sha256")
+    t.add_row(
+        str(manifest.rows),
+        *(f"{n} ({manifest.label_rates[c]:.2%})" for c, n in manifest.label_counts.items()),
+        str(manifest.labels_final),
+        f"{manifest.build_seconds:.2f}",
+        manifest.content_sha256[:12],
+    )
+    console.print(t)
+    worst = sorted(manifest.missing_rates.items(), key=lambda kv: -kv[1])[:3]
+    console.print(f"most missing: {', '.join(f'{k} {v:.1%}' for k, v in worst)}")
+    console.print(f"written to {out} (manifest.json)")
+
+
+@app.command("bench")
+def bench_cmd(
+    which: Annotated[str, typer.Argument(help="trainset (more to come: see README)")] = "trainset",
+) -> None:
+    """Run a benchmark and merge its figures into var/bench/results.json."""
+    from flywheel import bench
+
+    cfg = load_settings()
+    runners = {"trainset": bench.trainset}
+    if which not in runners:
+        _fail(f"unknown benchmark {which!r}; known: {', '.join(runners)}")
+    figures = runners[which](cfg, log=console.print)
+    bench.merge_results(cfg, figures)
+    t = Table("key", "value")
+    for k, v in figures.items():
+        t.add_row(k, str(v))
+    console.print(t)
+    console.print(f"merged into {bench.results_path(cfg)}; chart {cfg.var_dir / 'bench' / (which + '.png')}")
 
 
 flink_app = typer.Typer(help="The feature job on a Flink cluster (flink run, savepoints).", no_args_is_help=True)

@@ -146,6 +146,57 @@ class TrainsetSettings(_Model):
     output_dir: Path  # relative to var_dir
 
 
+class DriftSettings(_Model):
+    bins: int  # numeric features: reference-quantile bins for KL divergence
+    kl_max: float  # numeric: KL(current || reference) above this fails
+    linf_max: float  # categorical: largest absolute change in a category's share above this fails
+    categorical: list[str]
+    blocks: bool  # a drift failure blocks training/promotion (else it is reported only)
+
+
+class ValidationSettings(_Model):
+    """Great Expectations gates on every training set (validation/suites.py)."""
+
+    min_rows: int
+    max_rows: int
+    max_null_rate: float  # per feature: missing features are expected (new keys), a flood of them is not
+    label_rate: tuple[float, float]  # label_click mean must fall inside
+    drift: DriftSettings
+
+
+class OpeSettings(_Model):
+    candidates: int  # the most frequent items of the evaluation window form the policy's choice set
+    rows: int  # evaluation rows sampled for OPE (each is scored against every candidate)
+    temperature: float  # the model policy is softmax(logit / temperature) over the candidates
+
+
+class GateSettings(_Model):
+    """TFX-style: absolute floors, then no regression against the champion on the same holdout."""
+
+    min_auc: float
+    max_ece: float
+    max_auc_drop: float
+    max_logloss_rise: float
+    ope_estimator: str  # ips | snips | dr: the candidate fails if its CI lies wholly below the champion's value
+
+
+class TrainingSettings(_Model):
+    epochs: int
+    batch_size: int
+    lr: float
+    incremental_lr: float
+    incremental_epochs: int
+    weight_clip: float
+    seed: int
+    holdout_fraction: float  # the latest share of the window, by event time
+    full_window_days: int
+    incremental_window_days: int
+    registry_dir: Path  # relative to var_dir
+    rollback_max_auc_drop: float  # live champion this much worse than previous on fresh data -> roll back
+    ope: OpeSettings
+    gate: GateSettings
+
+
 class Settings(_Model):
     var_dir: Path
     build_dir: Path
@@ -158,12 +209,16 @@ class Settings(_Model):
     features: FeatureJobSettings
     labels: LabelSettings
     trainset: TrainsetSettings
+    validation: ValidationSettings
+    training: TrainingSettings
 
     def model_post_init(self, __context: Any) -> None:
         if not self.var_dir.is_absolute():
             self.var_dir = REPO_ROOT / self.var_dir
         if not self.build_dir.is_absolute():
             self.build_dir = REPO_ROOT / self.build_dir
+        if not self.training.registry_dir.is_absolute():
+            self.training.registry_dir = self.var_dir / self.training.registry_dir
         if not self.trainset.output_dir.is_absolute():
             self.trainset.output_dir = self.var_dir / self.trainset.output_dir
 

@@ -78,4 +78,4 @@ ORDER BY i.event_timestamp, i.event_id"""
 def log_reaches(events: list[str] | str, con: duckdb.DuckDBPyConnection | None = None) -> datetime | None:
     """The latest event time in the log: labels are final up to this minus the attribution window."""
     con = con or connect()
-    return con.execute(f"SELECT max(CAST(event_timestamp AS TIMESTAMPTZ)) FROM {_events_sql(events)}").fetchone()[0]
+    return con.execute(f"SELECT max(CAST(event_timestamp AS TIMESTAMPTZ)) FROM {_events_sql(events)}").fetchall()[0][0]

@@ -54,7 +54,7 @@ def clean_events(cfg, opt, sim) -> pd.DataFrame:
 def reference(events: pd.DataFrame, name: str) -> object:
     """A feature's value over a window's events, from its name (independent of the job's SQL)."""
     imp, clk, buy = events.imp.sum(), events.clk.sum(), events.buy.sum()
-    base = name.removeprefix("cat_").rsplit("_", 1)[0]
+    base = name.split("_", 1)[1].rsplit("_", 1)[0] if name.startswith(("user_", "item_", "cat_")) else name
     if base == "impressions":
         return int(imp)
     if base == "clicks":

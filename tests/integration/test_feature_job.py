@@ -4,12 +4,17 @@ from Redis what the offline store holds."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from datetime import datetime, timedelta
 
+import duckdb
 import orjson
+import pandas as pd
+import pyarrow as pa
 import pytest
 
-from feature_repo.spec import GROUPS
+from feature_repo.spec import GROUPS, group
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel import feast_store
@@ -19,7 +24,13 @@ from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.infra.services import Redis
 from flywheel.kafka import ensure_topics
-from tests.integration.feature_checks import assert_offline_matches_reference, assert_online_matches_offline
+from tests.integration.feature_checks import (
+    assert_offline_matches_reference,
+    assert_online_matches_offline,
+    offline_rows,
+    same,
+)
+from training import labels, trainset
 
 pytestmark = pytest.mark.integration
 FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
@@ -29,6 +40,7 @@ FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, mal
 def job(cfg):
     feast_store.apply(cfg)
     Redis(cfg).client().flushdb()  # the online checks must see this run's writes only
+    shutil.rmtree(cfg.offline_dir, ignore_errors=True)  # and the offline ones too (a crashed run leaves files)
     name = f"fj-{uuid.uuid4().hex[:8]}"
     opt = features.options(
         cfg, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name, bounded=True
@@ -66,3 +78,55 @@ def test_offline_values_equal_the_reference_at_every_window_end(job, group):
 def test_feast_sdk_reads_from_redis_what_the_offline_store_holds_last(job):
     cfg, opt, _ = job
     assert_online_matches_offline(cfg, opt)
+
+
+def test_event_log_holds_exactly_the_aggregated_events(job):
+    cfg, opt, sim = job
+    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    n, distinct, nulls = duckdb.execute(
+        "SELECT count(*), count(DISTINCT event_id), count(*) - count(request_id) FROM read_parquet($f)",
+        {"f": labels.event_log_files(opt.offline_dir)},
+    ).fetchall()[0]
+    assert n == distinct == r.aggregated
+    assert nulls == 0
+
+
+def test_training_set_from_the_job_output_keeps_every_label(job):
+    cfg, opt, sim = job
+    start = datetime.fromisoformat(cfg.simulator.start.replace("Z", "+00:00"))
+    manifest, out = trainset.build(cfg, feast_store.store(cfg), start, start + timedelta(days=2), name="it")
+    impressions = duckdb.execute(
+        "SELECT count(*) FROM read_parquet($f) WHERE event_type = 'impression'",
+        {"f": labels.event_log_files(opt.offline_dir)},
+    ).fetchall()[0][0]
+    assert manifest.rows == manifest.label_rows_in == impressions > 0
+    assert 0 < manifest.label_counts["label_click"] < manifest.rows
+    assert manifest.labels_final is False  # the log ends inside the window
+    written = duckdb.execute("SELECT count(*) FROM read_parquet($f)", {"f": str(out / "dt=*" / "*.parquet")})
+    assert written.fetchall()[0][0] == manifest.rows
+    # Early impressions have no history yet: their features are missing, not their rows.
+    assert 0 < manifest.missing_rates["user_stats_24h__missing"] < 1
+
+
+def test_training_rows_equal_what_online_serving_returns(job):
+    """No training/serving skew: for each key, the builder's value just after the key's latest window end
+    equals what the Feast SDK reads from Redis for that key."""
+    cfg, opt, _ = job
+    store = feast_store.store(cfg)
+    plan = trainset.plan(store, cfg.trainset.feature_service)
+    for view in (v for v in plan.views if v.requested):
+        latest = offline_rows(opt, group(view.name)).sort_values("event_timestamp")
+        latest = latest.groupby(list(view.join_keys)).tail(1).head(25)
+        rows = latest[list(view.join_keys)].to_dict("records")
+        at = pd.to_datetime(latest.event_timestamp, utc=True) + pd.Timedelta(milliseconds=1)
+        entity = latest[list(view.join_keys)].assign(event_timestamp=at.values)
+        for k in ("user_id", "item_id", "item_category"):
+            entity[k] = entity[k] if k in entity else "-"
+        one = trainset.Plan(plan.service, plan.version, [view])
+        offline = trainset.point_in_time_join(one, pa.Table.from_pandas(entity, preserve_index=False)).to_pandas()
+        names = [n for n, _ in view.features]
+        online = store.get_online_features(features=[f"{view.name}:{n}" for n in names], entity_rows=rows).to_df()
+        assert not offline[f"{view.name}__missing"].any()
+        for n in names:
+            for a, b in zip(offline[n], online[n], strict=True):
+                assert same(None if pd.isna(a) else a, b), f"{view.name}.{n}: training {a}, serving {b}"

@@ -1,0 +1,105 @@
+"""A DLRM-style ranker for P(click | user, item, context), small enough to train on a CPU.
+
+Categorical ids (user, item, category, position) go through hashed embeddings, so an id never seen in
+training still gets a row (shared with whatever it collides with) instead of an error; dense features
+go through a bottom MLP into the same space; all pairwise dot products between these vectors, plus the
+dense vector itself, feed a top MLP that outputs a logit.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+CATEGORICAL = ("user_id", "item_id", "item_category", "position")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dense: tuple[str, ...]  # feature columns (counts are log1p'd, missing -> 0 plus the indicators)
+    categorical: tuple[str, ...] = CATEGORICAL
+    buckets: int = 50_021  # hash buckets per categorical column (prime)
+    dim: int = 16
+    bottom: tuple[int, ...] = (64,)
+    top: tuple[int, ...] = (64, 32)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Ranker(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = nn.ModuleList(nn.Embedding(cfg.buckets, cfg.dim) for _ in cfg.categorical)
+        self.bottom = _mlp([len(cfg.dense), *cfg.bottom, cfg.dim], last_activation=True)
+        n = len(cfg.categorical) + 1
+        self.pairs = torch.triu_indices(n, n, offset=1)
+        self.top = _mlp([cfg.dim + self.pairs.shape[1], *cfg.top, 1], last_activation=False)
+        for emb in self.embeddings:
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def forward(self, dense: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+        x = self.bottom(dense)
+        vectors = torch.stack([x, *(emb(cats[:, i]) for i, emb in enumerate(self.embeddings))], dim=1)
+        inter = vectors @ vectors.transpose(1, 2)
+        pairs = inter[:, self.pairs[0], self.pairs[1]]
+        return self.top(torch.cat([x, pairs], dim=1)).squeeze(1)
+
+
+@dataclass
+class Batch:
+    dense: torch.Tensor
+    cats: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # request_id, item_id, propensity, position
+
+
+def _hash(values: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
+    """Stable across processes (Python's hash() is salted): crc32 of the string form."""
+    return np.fromiter(
+        (zlib.crc32(str(v).encode()) % buckets for v in values.to_pylist()), dtype=np.int64, count=len(values)
+    )
+
+
+def dense_matrix(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    out = np.zeros((table.num_rows, len(columns)), dtype=np.float32)
+    for j, c in enumerate(columns):
+        col = table.column(c)
+        if pa.types.is_boolean(col.type):
+            v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+        else:
+            v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            v = np.where(np.isfinite(v), v, 0.0)
+            if "impressions" in c or "clicks" in c or "purchases" in c or c.startswith("seconds_"):
+                v = np.log1p(np.maximum(v, 0.0))
+        out[:, j] = v
+    return out
+
+
+def to_batch(table: pa.Table, cfg: ModelConfig, weight: np.ndarray, label: str = "label_click") -> Batch:
+    cats = np.stack([_hash(table.column(c), cfg.buckets) for c in cfg.categorical], axis=1)
+    extra = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("request_id", "item_id", "propensity",
+                                                                         "position")}  # fmt: skip
+    return Batch(
+        dense=torch.from_numpy(dense_matrix(table, cfg.dense)),
+        cats=torch.from_numpy(cats),
+        label=torch.from_numpy(np.asarray(table.column(label).to_numpy(zero_copy_only=False), dtype=np.float32)),
+        weight=torch.from_numpy(weight.astype(np.float32)),
+        extra=extra,
+    )

@@ -1,0 +1,218 @@
+"""Great Expectations 1.x gates on a training set: quality (schema, nulls, ranges, label rate, row
+count) and drift against a reference window (KL divergence per numeric feature, L-infinity distance of
+category shares per categorical column). Suites are built from the feature definitions, run in code,
+stored in a file context under var/gx, and rendered as Data Docs HTML.
+
+A failed critical check blocks training and promotion; the report names the failing column and value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flywheel.settings import Settings, ValidationSettings
+
+log = logging.getLogger(__name__)
+KEYS = ("event_id", "request_id", "user_id", "item_id", "position", "propensity", "event_timestamp")
+
+
+@dataclass
+class Check:
+    suite: str  # quality | drift
+    expectation: str
+    column: str | None
+    success: bool
+    critical: bool
+    observed: object
+    expected: str
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+    data_docs: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.success]
+
+    @property
+    def critical_failures(self) -> list[Check]:
+        return [c for c in self.failures if c.critical]
+
+    @property
+    def passed(self) -> bool:
+        return not self.critical_failures
+
+    def reasons(self) -> list[str]:
+        return [
+            f"{c.suite}: {c.expectation} on {c.column or 'table'} observed {_fmt(c.observed)}, expected {c.expected}"
+            for c in self.critical_failures
+        ]
+
+    def summary(self) -> str:
+        n = len(self.checks)
+        lines = [
+            f"validation: {n - len(self.failures)}/{n} checks passed, {len(self.critical_failures)} critical failed"
+        ]
+        lines += [f"  FAIL {r}" for r in self.reasons()]
+        lines += [f"  warn {c.suite}: {c.expectation} on {c.column}" for c in self.failures if not c.critical]
+        if self.data_docs:
+            lines.append(f"  Data Docs: {self.data_docs}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks], "data_docs": self.data_docs}
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def quality_expectations(df: pd.DataFrame, features: list[str], labels: list[str], v: ValidationSettings) -> list:
+    import great_expectations as gx
+
+    E = gx.expectations
+    out = [E.ExpectTableRowCountToBeBetween(min_value=v.min_rows, max_value=v.max_rows)]
+    for c in (*KEYS, *labels, *features):
+        out.append(E.ExpectColumnToExist(column=c))
+    for c in (*KEYS, *labels):
+        out.append(E.ExpectColumnValuesToNotBeNull(column=c))
+    out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
+    out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=1))
+    for c in labels:
+        out.append(E.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]))
+    out.append(E.ExpectColumnMeanToBeBetween(column=labels[0], min_value=v.label_rate[0], max_value=v.label_rate[1]))
+    for c in features:
+        out.append(E.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1 - v.max_null_rate, 6)))
+        out.append(E.ExpectColumnValuesToBeInTypeList(column=c, type_list=["float64", "int64", "Float64", "Int64",
+                                                                           "float32", "int32"]))  # fmt: skip
+        if any(k in c for k in ("impressions", "clicks", "purchases")) or c.startswith("seconds_"):
+            out.append(E.ExpectColumnValuesToBeBetween(column=c, min_value=0))
+        elif c.endswith(("_ctr_1h", "_ctr_24h", "_ctr_7d")) and "debiased" not in c:
+            out.append(E.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1))
+        elif "ctr" in c or c == "popularity_trend":
+            out.append(E.ExpectColumnValuesToBeBetween(column=c, min_value=0))
+    return out
+
+
+def _partition(ref: pd.Series, bins: int) -> dict | None:
+    """Reference-quantile bins (GE's continuous partition object); None if the reference is empty."""
+    x = ref.dropna().astype(float).to_numpy()
+    if len(x) == 0:
+        return None
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+    counts, _ = np.histogram(x, bins=edges)
+    return {"bins": edges.tolist(), "weights": (counts / counts.sum()).tolist()}
+
+
+def drift_expectations(reference: pd.DataFrame, features: list[str], v: ValidationSettings) -> list:
+    import great_expectations as gx
+
+    out = []
+    for c in features:
+        part = _partition(reference[c], v.drift.bins) if c in reference else None
+        if part is not None:
+            out.append(
+                gx.expectations.ExpectColumnKLDivergenceToBeLessThan(
+                    column=c,
+                    partition_object=part,
+                    threshold=v.drift.kl_max,
+                    internal_weight_holdout=0.01,
+                    tail_weight_holdout=0.01,
+                )  # fmt: skip
+            )
+    return out
+
+
+def linf_checks(current: pd.DataFrame, reference: pd.DataFrame, v: ValidationSettings) -> list[Check]:
+    """Categorical drift: the largest change in any category's share (GE 1.x has no L-inf expectation)."""
+    checks = []
+    for c in v.drift.categorical:
+        if c not in current or c not in reference:
+            continue
+        a = current[c].astype(str).value_counts(normalize=True)
+        b = reference[c].astype(str).value_counts(normalize=True)
+        dist = float(a.subtract(b, fill_value=0).abs().max()) if len(a) or len(b) else 0.0
+        checks.append(Check("drift", "l_infinity_distance_below", c, dist <= v.drift.linf_max, v.drift.blocks, dist,
+                            f"<= {v.drift.linf_max}"))  # fmt: skip
+    return checks
+
+
+def _describe(cfg: dict) -> str:
+    keep = {k: w for k, w in cfg.items() if k not in ("column", "partition_object", "batch_id") and w is not None}
+    return ", ".join(f"{k}={w}" for k, w in keep.items()) or "to hold"
+
+
+def validate(
+    df: pd.DataFrame,
+    features: list[str],
+    labels: list[str],
+    cfg: Settings,
+    reference: pd.DataFrame | None = None,
+    name: str = "trainset",
+    docs: bool = True,
+) -> Report:
+    """Run the quality suite (and the drift suite when a reference is given) through a GE checkpoint."""
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    v = cfg.validation
+    cfg.var_dir.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(cfg.var_dir))  # GE keeps its files in var/gx
+    try:
+        source = context.data_sources.get("trainsets")
+    except (KeyError, ValueError):
+        source = context.data_sources.add_pandas("trainsets")
+    try:
+        asset = source.get_asset(name)
+    except LookupError:
+        asset = source.add_dataframe_asset(name)
+    try:
+        batch_def = asset.get_batch_definition("whole")
+    except KeyError:
+        batch_def = asset.add_batch_definition_whole_dataframe("whole")
+
+    suites = {"quality": quality_expectations(df, features, labels, v)}
+    if reference is not None:
+        suites["drift"] = drift_expectations(reference, features, v)
+    defs = []
+    for kind, expectations in suites.items():
+        suite = gx.ExpectationSuite(name=f"{name}_{kind}", expectations=expectations)
+        suite = context.suites.add_or_update(suite)
+        vd = gx.ValidationDefinition(name=f"{name}_{kind}", data=batch_def, suite=suite)
+        defs.append(context.validation_definitions.add_or_update(vd))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs else []
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=defs, actions=actions)
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": df})
+
+    checks: list[Check] = []
+    for run in result.run_results.values():
+        kind = run.suite_name.rsplit("_", 1)[1]
+        for r in run.results:
+            cfg_ = r.expectation_config
+            observed = r.result.get("observed_value", r.result.get("unexpected_percent"))
+            if isinstance(observed, float) and math.isinf(observed):
+                observed = "inf"
+            critical = kind == "quality" or v.drift.blocks
+            checks.append(Check(kind, cfg_.type, cfg_.kwargs.get("column"), bool(r.success), critical,
+                                observed, _describe(dict(cfg_.kwargs))))  # fmt: skip
+    if reference is not None:
+        checks += linf_checks(df, reference, v)
+    index = data_docs_path(cfg)
+    return Report(checks, str(index) if docs and index.exists() else None, {"rows": len(df)})
+
+
+def data_docs_path(cfg: Settings) -> Path:
+    return cfg.var_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
