@@ -318,6 +318,131 @@ def trainset_build(
     console.print(f"written to {out} (manifest.json)")
 
 
+train_app = typer.Typer(help="Retraining stages: validate, fit, decide (gate + promote), rollback check.",
+                        no_args_is_help=True)  # fmt: skip
+registry_app = typer.Typer(help="The model registry: versions, champion/previous aliases, audit log.",
+                           no_args_is_help=True)  # fmt: skip
+app.add_typer(train_app, name="train")
+app.add_typer(registry_app, name="registry")
+TrainsetDir = Annotated[Path, typer.Option("--trainset", help="a folder written by `flywheel trainset build`")]
+
+
+@train_app.command("validate")
+def train_validate(
+    trainset_dir: TrainsetDir,
+    reference: Annotated[Path | None, typer.Option(help="reference training set for drift")] = None,
+) -> None:
+    """Great Expectations quality (and drift) checks; exit 1 on a critical failure."""
+    from training import pipeline
+
+    result = pipeline.validate_stage(load_settings(), trainset_dir, reference)
+    if not result["passed"]:
+        _fail("critical data checks failed: " + "; ".join(result["reasons"]))
+
+
+@train_app.command("fit")
+def train_fit(
+    trainset_dir: TrainsetDir,
+    mode: Annotated[str, typer.Option(help="full | incremental")] = "full",
+    run_key: Annotated[str | None, typer.Option(help="idempotency key, e.g. weekly:2026-01-12")] = None,
+) -> None:
+    """Train, evaluate against the champion on the same holdout, register the candidate."""
+    from training import pipeline
+
+    if mode not in ("full", "incremental"):
+        _fail("--mode must be full or incremental")
+    console.print(f"candidate: {pipeline.train_stage(load_settings(), trainset_dir, mode, run_key)}")
+
+
+@train_app.command("decide")
+def train_decide(version: str) -> None:
+    """Gate a registered candidate and promote it, or record why the champion stays."""
+    from training import pipeline
+
+    d = pipeline.decide_stage(load_settings(), version)
+    console.print(f"{d.version}: {d.outcome}")
+    for r in d.reasons:
+        console.print(f"  - {r}")
+
+
+@train_app.command("rollback-check")
+def train_rollback_check(
+    fresh: Annotated[Path, typer.Option(help="training set of events after the promotion")],
+) -> None:
+    """Compare champion and previous on fresh labeled data; roll back if the champion is worse."""
+    from training import pipeline
+
+    d = pipeline.rollback_stage(load_settings(), fresh)
+    console.print(f"{d.outcome}: {'; '.join(d.reasons)}")
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    from training import pipeline
+
+    reg = pipeline.registry(load_settings())
+    aliases = {v: k for k, v in reg.aliases().items() if v}
+    t = Table("version", "alias", "mode", "parent", "window", "AUC", "ECE", "created")
+    for mv in reg.versions():
+        m = mv.metrics
+        t.add_row(mv.version, aliases.get(mv.version, ""), mv.mode, mv.parent_version or "",
+                  f"{mv.data_window.get('start', '')[:10]}..{mv.data_window.get('end', '')[:10]}",
+                  f"{m.get('auc', float('nan')):.4f}", f"{m.get('ece', float('nan')):.4f}",
+                  mv.created_at[:19])  # fmt: skip
+    console.print(t)
+
+
+@registry_app.command("show")
+def registry_show(version: str) -> None:
+    import json
+    from dataclasses import asdict
+
+    from training import pipeline
+
+    mv = pipeline.registry(load_settings()).get(version)
+    data = asdict(mv)
+    data["metrics"] = {k: v for k, v in mv.metrics.items() if k != "curves"}
+    console.print_json(json.dumps(data, default=str))
+
+
+@registry_app.command("promote")
+def registry_promote(version: str, reason: Annotated[str, typer.Option(help="recorded in the audit log")]) -> None:
+    """Make a version champion by hand (bypasses the gate; the reason is audited)."""
+    from training import pipeline
+
+    reg = pipeline.registry(load_settings())
+    console.print("promoted" if reg.promote(version, [f"manual: {reason}"]) else f"{version} is already champion")
+
+
+@registry_app.command("rollback")
+def registry_rollback(reason: Annotated[str, typer.Option(help="recorded in the audit log")]) -> None:
+    from training import pipeline
+
+    console.print(f"champion is now {pipeline.registry(load_settings()).rollback([f'manual: {reason}'])}")
+
+
+@registry_app.command("audit")
+def registry_audit() -> None:
+    from training import pipeline
+
+    for e in pipeline.registry(load_settings()).audit():
+        console.print(f"{e['at'][:19]} {e['decision']:<20} {e['version'] or '-':<6} {'; '.join(e['reasons'])}")
+
+
+@app.command("score")
+def score_cmd(
+    user: Annotated[str, typer.Option()],
+    items: Annotated[str, typer.Option(help="comma-separated item ids")],
+) -> None:
+    """Rank items for a user with the champion, from online features (Feast SDK, Redis)."""
+    from training.scoring import rank
+
+    t = Table("rank", "item", "P(click)")
+    for i, (item, p) in enumerate(rank(load_settings(), user, [x for x in items.split(",") if x]), 1):
+        t.add_row(str(i), item, f"{p:.4f}")
+    console.print(t)
+
+
 @app.command("bench")
 def bench_cmd(
     which: Annotated[str, typer.Argument(help="trainset (more to come: see README)")] = "trainset",

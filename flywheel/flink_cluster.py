@@ -110,3 +110,13 @@ def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> s
             return op["location"]
         time.sleep(1)
     raise FlinkError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
+
+
+def latest_restore_point(cfg: Settings) -> str | None:
+    """The newest savepoint or retained checkpoint of the feature job (a folder holding _metadata)."""
+    root = cfg.var_dir / "flink"
+    candidates = [p.parent for p in (root / "savepoints").glob("*/_metadata")]
+    candidates += [p.parent for p in (root / "checkpoints").glob("*/chk-*/_metadata")]
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda p: (p / "_metadata").stat().st_mtime))

@@ -230,6 +230,7 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
         metrics=metrics,
         validation={"passed": validation.get("passed"), "reasons": validation.get("reasons", [])},
         run_key=run_key,
+        trainset_dir=str(trainset_dir),
     )
     mv = reg.register(model.state_dict(), mv)
     _plot_curves(curves, reg.root / "versions" / mv.version / "curves.png", mv.version)

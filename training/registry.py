@@ -51,6 +51,7 @@ class ModelVersion:
     metrics: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     run_key: str | None = None
+    trainset_dir: str | None = None  # the champion's training set is the next run's drift reference
     code_sha: str = ""
     artifact_sha256: str = ""
     created_at: str = ""

@@ -5,7 +5,7 @@ with ranker_v1's columns, written like `flywheel trainset build` writes one (Par
   normal     the world as it is
   corrupted  a broken feature pipeline: most of a feature null, some counts negative
   shuffled   labels permuted across rows: no signal left
-  drifted    item tastes reversed while the features still describe the old world: a model trained on
+  drifted    item tastes reversed while the user/item rate features still describe the old world: a model trained on
              it learns the reversal and is wrong once the world is back to normal
 """
 
@@ -52,11 +52,10 @@ def render(w: dict, n: int, start: datetime, days: float, seed: int, kind: str =
     relevance = _sigmoid(3.0 * affinity + 2.0 * bias[i_idx] - 3.0)
     click = (rng.random(n) < relevance * position.astype(float) ** -EXAMINATION_ETA).astype(np.int8)
 
-    # Features: noisy rates of the world as it was (in the drifted week, tastes turned but the features
-    # still describe the old world, so what they used to predict now points the wrong way).
+    # Features: noisy user and item rates of the world as it was (in the drifted week tastes turned but
+    # these still describe the old world, so what they used to predict now points the wrong way).
     user_rate = _sigmoid((w["u"] * w["v"].mean(axis=0)).sum(axis=1) - 2.5)
     item_rate = _sigmoid(w["item_bias"] - 2.0)
-    old_affinity = (w["u"][u_idx] * w["v"][i_idx]).sum(axis=1) / np.sqrt(v.shape[1])
     cols: dict[str, np.ndarray] = {}
     for g in GROUPS:
         for f in g.features:

@@ -1,0 +1,32 @@
+"""Daily: score the live champion and the previous model on labels that arrived since the promotion and
+roll back automatically if the champion is worse (training.rollback_max_auc_drop)."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from flywheel.retrain_dag import DEFAULT_ARGS
+
+
+@dag(
+    dag_id="rollback_check_daily",
+    schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["flywheel", "retraining"],
+)
+def rollback_check_daily():
+    @task
+    def rollback_check() -> dict:
+        from flywheel import dag_tasks
+
+        return dag_tasks.rollback_check(get_current_context()["data_interval_end"])
+
+    rollback_check()
+
+
+rollback_check_daily()

@@ -1,0 +1,182 @@
+"""What each Airflow task does, as plain functions (dags/ only wires them together).
+
+Everything here is importable without side effects; heavy imports happen inside the functions, so the
+DAG processor parses dags/ in milliseconds. Functions take and return small JSON-able values (paths,
+versions, decisions), which is what goes through XCom.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from flywheel.settings import load_settings
+
+
+def _key(kind: str, end: datetime) -> str:
+    return f"{kind}:{end.isoformat()}"
+
+
+def build_trainset(start: datetime, end: datetime, mode: str) -> str:
+    """The training set for a retraining run ending at `end`: the last 7 days (incremental) or the full
+    history window (full). Its name carries the interval, so a re-run rewrites the same folder."""
+    from flywheel import feast_store
+    from training import trainset
+
+    cfg = load_settings()
+    days = cfg.training.incremental_window_days if mode == "incremental" else cfg.training.full_window_days
+    begin = min(start, end - timedelta(days=days))
+    name = f"{mode}_{begin:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    manifest, out = trainset.build(cfg, feast_store.store(cfg), begin, end, name=name)
+    print(
+        f"training set {out}: {manifest.rows} rows, label rates {manifest.label_rates}, final={manifest.labels_final}"
+    )
+    return str(out)
+
+
+def reference_trainset() -> str | None:
+    """The champion's training set: the reference window for drift checks."""
+    from training import pipeline
+
+    cfg = load_settings()
+    champion = pipeline.registry(cfg).alias("champion")
+    if champion is None or not champion.trainset_dir or not Path(champion.trainset_dir).exists():
+        return None
+    return champion.trainset_dir
+
+
+def validate(trainset_dir: str) -> dict:
+    from training import pipeline
+
+    ref = reference_trainset()
+    result = pipeline.validate_stage(load_settings(), Path(trainset_dir), Path(ref) if ref else None)
+    return {"passed": result["passed"], "reasons": result["reasons"], "data_docs": result["data_docs"]}
+
+
+def record_blocked(trainset_dir: str, reasons: list[str], run_key: str) -> dict:
+    """A failed critical expectation: no training, no promotion, and the reasons in the audit log (once)."""
+    from training import pipeline
+
+    reg = pipeline.registry(load_settings())
+    if not any(e.get("run_key") == run_key for e in reg.audit()):
+        reg.record("blocked_by_data", None, reasons, run_key=run_key, trainset=trainset_dir)
+    for r in reasons:
+        print(f"BLOCKED: {r}")
+    return {"outcome": "blocked_by_data", "reasons": reasons}
+
+
+def train(trainset_dir: str, mode: str, run_key: str) -> str:
+    from training import pipeline
+
+    cfg = load_settings()
+    reg = pipeline.registry(cfg)
+    if mode == "incremental" and reg.alias("champion") is None:
+        print("no champion yet: training from scratch instead of warm-starting")
+        mode = "full"
+    return pipeline.train_stage(cfg, Path(trainset_dir), mode, run_key=run_key)
+
+
+def evaluation_report(version: str) -> dict:
+    """Print the candidate's metrics next to the champion's (what a reviewer reads in the task log)."""
+    from training import pipeline
+
+    mv = pipeline.registry(load_settings()).get(version)
+    m = mv.metrics
+    champ = m.get("champion", {})
+    for k in ("auc", "logloss", "ece", "ndcg@5", "recall@5", "exposure_gini", "catalog_coverage"):
+        print(f"{k:>18}: candidate {m.get(k, float('nan')):.4f}   champion {champ.get(k, float('nan')):.4f}")
+    for policy in ("model", "popularity", "random"):
+        est = m["ope"][policy]["snips"]
+        print(f"{'SNIPS ' + policy:>18}: {est['value']:.4f} [{est['ci_low']:.4f}, {est['ci_high']:.4f}]")
+    return {k: m[k] for k in ("auc", "logloss", "ece")}
+
+
+def gate(version: str) -> list[str]:
+    from training import pipeline
+
+    cfg = load_settings()
+    reasons = pipeline.gate(cfg, pipeline.registry(cfg).get(version))
+    print("gate passed" if not reasons else "gate failed:\n  " + "\n  ".join(reasons))
+    return reasons
+
+
+def decide(version: str) -> dict:
+    """Promote if the gate passes, else record the rejection; a re-run decides nothing twice."""
+    from training import pipeline
+
+    d = pipeline.decide_stage(load_settings(), version)
+    print(f"{d.version}: {d.outcome}\n  " + "\n  ".join(d.reasons))
+    return d.as_dict()
+
+
+def rollback_check(end: datetime) -> dict:
+    """Score champion and previous on labels since the last promotion; roll back if the champion is worse."""
+    from flywheel import feast_store
+    from training import pipeline, trainset
+
+    cfg = load_settings()
+    reg = pipeline.registry(cfg)
+    aliases = reg.aliases()
+    promotions = [e for e in reg.audit() if e["decision"] == "promoted" and e["version"] == aliases["champion"]]
+    if not aliases["previous"] or not promotions:
+        print("nothing to check: no previous model")
+        return {"outcome": "no_change"}
+    since = datetime.fromisoformat(reg.get(aliases["champion"]).data_window["end"])
+    if since >= end:
+        print(f"no labeled data after the champion's window ({since}) yet")
+        return {"outcome": "no_change"}
+    name = f"fresh_{since:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    manifest, out = trainset.build(cfg, feast_store.store(cfg), since, end, name=name)
+    if manifest.rows < cfg.validation.min_rows:
+        print(f"only {manifest.rows} fresh labels (< {cfg.validation.min_rows}): too few to judge")
+        return {"outcome": "no_change"}
+    d = pipeline.rollback_stage(cfg, out)
+    print(f"{d.outcome}: {'; '.join(d.reasons)}")
+    return d.as_dict()
+
+
+def ensure_feature_job() -> dict:
+    """The Flink feature job runs on the cluster: if not, resume it from its latest savepoint or retained
+    checkpoint, or submit it fresh."""
+    from flywheel import flink_cluster
+
+    cfg = load_settings()
+    jobs = flink_cluster.list_jobs(cfg)
+    running = [j for j in jobs if j.get("name") == "flywheel-features" and j.get("state") == "RUNNING"]
+    if running:
+        print(f"feature job running: {running[0]['jid']}")
+        return {"action": "none", "job": running[0]["jid"]}
+    restore = flink_cluster.latest_restore_point(cfg)
+    job = flink_cluster.submit(cfg, [], savepoint=restore)
+    print(f"feature job {'resumed from ' + restore if restore else 'submitted'}: {job}")
+    return {"action": "resumed" if restore else "submitted", "job": job, "from": restore}
+
+
+def feast_apply_if_changed() -> dict:
+    """`feast apply` when feature_repo/ changed since the last apply (content hash)."""
+    import hashlib
+
+    from flywheel import feast_store
+
+    cfg = load_settings()
+    h = hashlib.sha256()
+    for f in sorted(feast_store.FEATURE_REPO.glob("*.py")) + sorted(feast_store.FEATURE_REPO.glob("*.yaml")):
+        h.update(f.name.encode() + f.read_bytes())
+    stamp = cfg.var_dir / "feast" / "applied.sha256"
+    if stamp.exists() and stamp.read_text() == h.hexdigest():
+        print("feature_repo unchanged since the last apply")
+        return {"applied": False}
+    print(feast_store.apply(cfg))
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(h.hexdigest())
+    return {"applied": True}
+
+
+def backfill_online(start: datetime, end: datetime) -> dict:
+    """Load the offline values of [start, end) into Redis (Feast materialize): after a Redis loss."""
+    from flywheel import feast_store
+
+    cfg = load_settings()
+    feast_store.store(cfg).materialize(start_date=start, end_date=end)
+    print(f"materialized {start} .. {end} into the online store")
+    return {"start": start.isoformat(), "end": end.isoformat()}

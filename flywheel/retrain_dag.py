@@ -1,0 +1,101 @@
+"""The retraining DAG shape shared by the weekly incremental and the monthly full DAG (one definition, two
+schedules). Each task is a call into flywheel.dag_tasks; the DAG file only wires them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
+
+
+def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
+    @dag(
+        dag_id=dag_id,
+        description=description,
+        # Real data intervals (a bare cron string would give start == end in Airflow 3).
+        schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
+        start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+        catchup=False,  # backfills are explicit: `airflow backfill create` runs intervals in order
+        max_active_runs=1,  # promotions must happen in interval order
+        default_args=DEFAULT_ARGS,
+        tags=["flywheel", "retraining", mode],
+    )
+    def retrain():
+        @task
+        def build_training_set() -> str:
+            from flywheel import dag_tasks
+
+            ctx = get_current_context()
+            return dag_tasks.build_trainset(ctx["data_interval_start"], ctx["data_interval_end"], mode)
+
+        @task
+        def validate_data(trainset_dir: str) -> dict:
+            from flywheel import dag_tasks
+
+            return dag_tasks.validate(trainset_dir)
+
+        @task.branch
+        def data_ok(result: dict) -> str:
+            return "train_candidate" if result["passed"] else "block_on_data"
+
+        @task
+        def block_on_data(trainset_dir: str, result: dict) -> dict:
+            from flywheel import dag_tasks
+
+            ctx = get_current_context()
+            return dag_tasks.record_blocked(trainset_dir, result["reasons"], f"{mode}:{ctx['data_interval_end']}")
+
+        @task
+        def train_candidate(trainset_dir: str) -> str:
+            from flywheel import dag_tasks
+
+            ctx = get_current_context()
+            return dag_tasks.train(trainset_dir, mode, f"{mode}:{ctx['data_interval_end'].isoformat()}")
+
+        @task
+        def evaluate(version: str) -> dict:
+            from flywheel import dag_tasks
+
+            return dag_tasks.evaluation_report(version)
+
+        @task.branch
+        def gate(version: str) -> str:
+            from flywheel import dag_tasks
+
+            return "promote" if not dag_tasks.gate(version) else "keep_champion"
+
+        @task
+        def promote(version: str) -> dict:
+            from flywheel import dag_tasks
+
+            return dag_tasks.decide(version)
+
+        @task
+        def keep_champion(version: str) -> dict:
+            from flywheel import dag_tasks
+
+            return dag_tasks.decide(version)  # records the rejection and its reasons
+
+        @task(trigger_rule="none_failed_min_one_success")
+        def rollback_check() -> dict:
+            from flywheel import dag_tasks
+
+            return dag_tasks.rollback_check(get_current_context()["data_interval_end"])
+
+        path = build_training_set()
+        checked = validate_data(path)
+        version = train_candidate(path)
+        blocked = block_on_data(path, checked)
+        data_ok(checked) >> [version, blocked]
+        evaluated = evaluate(version)
+        decision = gate(version)
+        evaluated >> decision
+        done = [promote(version), keep_champion(version)]
+        decision >> done
+        [*done, blocked] >> rollback_check()
+
+    return retrain()
