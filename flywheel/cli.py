@@ -376,6 +376,22 @@ def train_rollback_check(
     console.print(f"{d.outcome}: {'; '.join(d.reasons)}")
 
 
+@train_app.command("report")
+def train_report(version: Annotated[str | None, typer.Argument(help="default: the champion")] = None) -> None:
+    """Write a version's report (metrics, off-policy value vs baselines, curves) as Markdown + PNG."""
+    from training import pipeline, report
+    from validation.suites import data_docs_path
+
+    cfg = load_settings()
+    reg = pipeline.registry(cfg)
+    version = version or reg.aliases()["champion"]
+    if not version:
+        _fail("no champion yet; name a version (`flywheel registry list`)")
+    path = report.write(reg, version, str(data_docs_path(cfg)))
+    console.print(path.read_text())
+    console.print(f"report: {path}")
+
+
 @registry_app.command("list")
 def registry_list() -> None:
     from training import pipeline

@@ -1,6 +1,6 @@
-"""`make demo`: bring the stack up, replay the real Open Bandit logs through Kafka, show where things are.
-
-Grows stage by stage as the pipeline does (features, training, promotion, scoring).
+"""`make demo`: the whole loop on real data. Stack up -> Open Bandit logs replayed through Kafka -> Flink
+features in Parquet and Redis -> the weekly retraining DAG on Airflow (GE gates, training, promotion) ->
+a ranked list for one user scored from online features -> where everything is.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from flywheel.events.consumer import read_topic
 from flywheel.events.producer import EventProducer
 from flywheel.infra import stack
 from flywheel.kafka import delete_topics, ensure_topics
+from validation.suites import data_docs_path
 
 
 def run(console: Console) -> None:
@@ -32,7 +33,8 @@ def run(console: Console) -> None:
     # The demo starts from clean topics and outputs so its counts are exact on every run.
     delete_topics(cfg.kafka, [topic, cfg.kafka.topics.dead_letter, cfg.kafka.topics.late])
     ensure_topics(cfg.kafka)
-    shutil.rmtree(cfg.offline_dir, ignore_errors=True)
+    for stale in (cfg.offline_dir, cfg.training.registry_dir, cfg.trainset.output_dir):
+        shutil.rmtree(stale, ignore_errors=True)
     with EventProducer(cfg.kafka) as producer:
         for ev in obd.paced(events, cfg.obd.speedup):
             producer.send(ev)
@@ -45,6 +47,8 @@ def run(console: Console) -> None:
         raise RuntimeError(f"Kafka holds {dict(seen)}, the CSVs say {dict(expected)}")
 
     features_stage(cfg, console, last_event_ms=events[-1]["event_time"])
+    version = training_stage(cfg, console, first_ms=events[0]["event_time"], last_ms=events[-1]["event_time"])
+    scoring_stage(cfg, console, version)
 
     console.rule("where things are")
     console.print(f"  Flink UI     {cfg.flink.rest_url}")
@@ -58,6 +62,12 @@ def run(console: Console) -> None:
         f"  features     Parquet: {cfg.var_dir / 'offline'}   online: Redis via Feast "
         f"(FeatureStore(repo_path='feature_repo') after eval \"$(.venv/bin/flywheel env)\")"
     )
+    console.print(f"  Data Docs    {data_docs_path(cfg)}")
+    console.print(f"  registry     {cfg.training.registry_dir}  (`flywheel registry list`, `flywheel registry audit`)")
+    if version:
+        console.print(
+            f"  report       {cfg.training.registry_dir / 'versions' / version}/report.md, curves.png, ope.png"
+        )
     console.print(f"  logs         {cfg.var_dir / 'log'}")
     console.print("  stop with    .venv/bin/flywheel infra down")
 
@@ -121,3 +131,57 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     ).to_df()
     console.print("  online features read back with the Feast SDK (get_online_features):")
     console.print(online.to_string(index=False))
+
+
+def training_stage(cfg, console: Console, first_ms: int, last_ms: int) -> str | None:
+    """Trigger the weekly retraining DAG on Airflow for the replayed week and report its decision."""
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel.airflow_api import trigger_and_wait
+    from training import pipeline, report
+
+    console.rule("4. Airflow: retrain_weekly_incremental for the replayed week (GE -> train -> gate -> promote)")
+    start = datetime.fromtimestamp(first_ms / 1000, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=7)
+    if last_ms >= end.timestamp() * 1000:
+        end = datetime.fromtimestamp(last_ms / 1000 + 1, UTC)
+    run = trigger_and_wait(cfg, "retrain_weekly_incremental", start, end, log=console.print)
+    console.print(f"  DAG run {run['run_id']}: {run['state']}")
+    reg = pipeline.registry(cfg)
+    for e in reg.audit():
+        console.print(f"  decision: {e['decision']} {e['version'] or ''}")
+        for r in e["reasons"]:
+            console.print(f"    - {r}")
+    versions = reg.versions()
+    if not versions:
+        return None
+    path = report.write(reg, versions[-1].version, str(data_docs_path(cfg)))
+    console.print(path.read_text())
+    return versions[-1].version
+
+
+def scoring_stage(cfg, console: Console, version: str | None) -> None:
+    """Rank a few items for one user from online features (Feast SDK) with the champion."""
+    from training import pipeline
+    from training.labels import connect, event_log_files
+    from training.scoring import rank
+
+    console.rule("5. scoring: online features from Redis (Feast SDK) ranked by the champion")
+    champion = pipeline.registry(cfg).aliases()["champion"]
+    if champion is None:
+        console.print(f"  no champion: {version or 'no model'} was not promoted (see the reasons above)")
+        return
+    con = connect()
+    files = event_log_files(cfg.offline_dir)
+    user = con.execute(
+        "SELECT user_id FROM read_parquet($f) GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1", {"f": files}
+    ).fetchall()[0][0]
+    items = [i for (i,) in con.execute(
+        "SELECT item_id FROM read_parquet($f) GROUP BY item_id ORDER BY count(*) DESC, item_id LIMIT 6", {"f": files}
+    ).fetchall()]  # fmt: skip
+    ranked = rank(cfg, user, items)
+    t = Table("rank", "item", "P(click)")
+    for i, (item, p) in enumerate(ranked, 1):
+        t.add_row(str(i), item, f"{p:.4f}")
+    console.print(f"  user {user}, champion {champion}:")
+    console.print(t)

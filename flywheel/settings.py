@@ -150,6 +150,7 @@ class DriftSettings(_Model):
     bins: int  # numeric features: reference-quantile bins for KL divergence
     kl_max: float  # numeric: KL(current || reference) above this fails
     linf_max: float  # categorical: largest absolute change in a category's share above this fails
+    max_null_rate_increase: float  # a feature's null rate may not rise more than this over the reference
     categorical: list[str]
     blocks: bool  # a drift failure blocks training/promotion (else it is reported only)
 
@@ -159,8 +160,10 @@ class ValidationSettings(_Model):
 
     min_rows: int
     max_rows: int
-    max_null_rate: float  # per feature: missing features are expected (new keys), a flood of them is not
+    max_null_rate: float  # per feature, absolute (1.0 = off: sparse keys make short windows mostly empty)
     label_rate: tuple[float, float]  # label_click mean must fall inside
+    max_position: int  # list slots beyond this are a logging bug
+    max_category_null_rate: float  # impressions whose item has no category
     drift: DriftSettings
 
 

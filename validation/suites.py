@@ -1,7 +1,7 @@
 """Great Expectations 1.x gates on a training set: quality (schema, nulls, ranges, label rate, row
-count) and drift against a reference window (KL divergence per numeric feature, L-infinity distance of
-category shares per categorical column). Suites are built from the feature definitions, run in code,
-stored in a file context under var/gx, and rendered as Data Docs HTML.
+count) and drift against a reference window (KL divergence per numeric feature, null-rate increase per
+feature, L-infinity distance of category shares per categorical column). Suites are built from the
+feature definitions, run in code, stored in a file context under var/gx, and rendered as Data Docs HTML.
 
 A failed critical check blocks training and promotion; the report names the failing column and value.
 """
@@ -86,12 +86,14 @@ def quality_expectations(df: pd.DataFrame, features: list[str], labels: list[str
     for c in (*KEYS, *labels):
         out.append(E.ExpectColumnValuesToNotBeNull(column=c))
     out.append(E.ExpectColumnValuesToBeBetween(column="propensity", min_value=0, max_value=1, strict_min=True))
-    out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=1))
+    out.append(E.ExpectColumnValuesToBeBetween(column="position", min_value=1, max_value=v.max_position))
+    out.append(E.ExpectColumnValuesToNotBeNull(column="item_category", mostly=round(1 - v.max_category_null_rate, 6)))
     for c in labels:
         out.append(E.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]))
     out.append(E.ExpectColumnMeanToBeBetween(column=labels[0], min_value=v.label_rate[0], max_value=v.label_rate[1]))
     for c in features:
-        out.append(E.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1 - v.max_null_rate, 6)))
+        if v.max_null_rate < 1:
+            out.append(E.ExpectColumnValuesToNotBeNull(column=c, mostly=round(1 - v.max_null_rate, 6)))
         out.append(E.ExpectColumnValuesToBeInTypeList(column=c, type_list=["float64", "int64", "Float64", "Int64",
                                                                            "float32", "int32"]))  # fmt: skip
         if any(k in c for k in ("impressions", "clicks", "purchases")) or c.startswith("seconds_"):
@@ -120,6 +122,11 @@ def drift_expectations(reference: pd.DataFrame, features: list[str], v: Validati
 
     out = []
     for c in features:
+        if c in reference:  # missing much more often than in the reference: a broken feature pipeline
+            present = 1 - float(reference[c].isna().mean())
+            mostly = round(max(0.0, present - v.drift.max_null_rate_increase), 6)
+            if mostly > 0:
+                out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly))
         part = _partition(reference[c], v.drift.bins) if c in reference else None
         if part is not None:
             out.append(

@@ -20,8 +20,10 @@ ROWS = 12_000
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
+    # The scenarios' own training budget (fixed here, so changing flywheel.yaml cannot move their thresholds).
     cfg = load_settings({"FLYWHEEL_VAR_DIR": str(root), "FLYWHEEL_TRAINING__OPE__ROWS": "1500",
-                         "FLYWHEEL_TRAINING__OPE__CANDIDATES": "40"})  # fmt: skip
+                         "FLYWHEEL_TRAINING__OPE__CANDIDATES": "40", "FLYWHEEL_TRAINING__EPOCHS": "4",
+                         "FLYWHEEL_TRAINING__BATCH_SIZE": "1024"})  # fmt: skip
     w = scenarios.world(seed=3)
 
     def week(i: int, kind: str = "normal"):

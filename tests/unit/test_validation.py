@@ -50,7 +50,7 @@ def test_corrupted_week_is_blocked_naming_the_column(cfg):
     bad = frame()
     bad.loc[: len(bad) * 0.95, "user_ctr_24h"] = None  # a broken feature pipeline
     bad.loc[:10, "propensity"] = 0.0  # and a logging bug
-    report = validate(bad, FEATURES, ["label_click"], cfg, name="corrupted", docs=False)
+    report = validate(bad, FEATURES, ["label_click"], cfg, reference=frame(seed=1), name="corrupted", docs=False)
     assert not report.passed
     failing = {(c.expectation, c.column) for c in report.critical_failures}
     assert ("expect_column_values_to_not_be_null", "user_ctr_24h") in failing
