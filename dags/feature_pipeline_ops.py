@@ -16,7 +16,7 @@ from flywheel.retrain_dag import DEFAULT_ARGS
 @dag(
     dag_id="feature_pipeline_ops",
     schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    start_date=pendulum.datetime(2019, 1, 1, tz="UTC"),  # before any data we replay (OBD: 2019)
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -48,8 +48,20 @@ def trigger_and_wait(
     An earlier run for the same interval is deleted first, so the demo can be repeated."""
     wait_parsed(cfg, dag_id)
     url, s = _session(cfg)
-    s.patch(f"{url}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=10).raise_for_status()
     run_id = f"flywheel__{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    paused = s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).json()["is_paused"]
+    if paused:
+        # Unpausing makes the scheduler run the latest interval (today's, empty here) first; with
+        # max_active_runs=1 ours would queue behind it. Let it be created, then remove it.
+        s.patch(f"{url}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=10).raise_for_status()
+        time.sleep(8)
+        runs = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns", timeout=10).json()["dag_runs"]
+        for r in runs:
+            if r["run_type"] == "scheduled" and r["state"] in ("queued", "running"):
+                log(f"  removing the scheduler's run for the current interval ({r['dag_run_id']})")
+                run_url = f"{url}/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}"
+                s.patch(run_url, json={"state": "failed"}, timeout=10)  # a running run cannot be deleted
+                s.delete(run_url, timeout=10)
     s.delete(f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=10)
     body = {
         "dag_run_id": run_id,

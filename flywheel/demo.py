@@ -18,6 +18,7 @@ from flywheel.events import obd
 from flywheel.events.consumer import read_topic
 from flywheel.events.producer import EventProducer
 from flywheel.infra import stack
+from flywheel.infra.services import Redis
 from flywheel.kafka import delete_topics, ensure_topics
 from validation.suites import data_docs_path
 
@@ -35,6 +36,9 @@ def run(console: Console) -> None:
     ensure_topics(cfg.kafka)
     for stale in (cfg.offline_dir, cfg.training.registry_dir, cfg.trainset.output_dir):
         shutil.rmtree(stale, ignore_errors=True)
+    # And a clean online store: Feast skips writes that are not newer than what Redis holds, so rows of an
+    # earlier run (same window ends) would shadow this run's values, renamed features included.
+    Redis(cfg).client().flushdb()
     with EventProducer(cfg.kafka) as producer:
         for ev in obd.paced(events, cfg.obd.speedup):
             producer.send(ev)

@@ -18,7 +18,7 @@ def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
         description=description,
         # Real data intervals (a bare cron string would give start == end in Airflow 3).
         schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
-        start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+        start_date=pendulum.datetime(2019, 1, 1, tz="UTC"),  # before any data we replay (OBD: 2019)
         catchup=False,  # backfills are explicit: `airflow backfill create` runs intervals in order
         max_active_runs=1,  # promotions must happen in interval order
         default_args=DEFAULT_ARGS,

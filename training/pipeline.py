@@ -180,7 +180,14 @@ def validate_stage(cfg: Settings, trainset_dir: Path, reference_dir: Path | None
     """Great Expectations on the training set (drift against the reference set when given)."""
     from validation.suites import validate
 
-    table, manifest = read_trainset(trainset_dir)
+    manifest = Manifest.read(trainset_dir / "manifest.json")
+    if manifest.rows == 0:  # a quiet interval or a stalled pipeline: nothing to train on, say so
+        reason = f"quality: the training set is empty ({manifest.window_start} .. {manifest.window_end})"
+        result = {"passed": False, "reasons": [reason], "checks": [], "data_docs": None, "summary": reason}
+        (trainset_dir / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(reason)
+        return result
+    table, _ = read_trainset(trainset_dir)
     reference = read_trainset(reference_dir)[0].to_pandas() if reference_dir else None
     features = [c for c in manifest.missing_rates if not c.endswith("__missing")]
     report = validate(table.to_pandas(), features, list(manifest.label_counts), cfg, reference, name=manifest.name)
