@@ -106,14 +106,15 @@ def _candidates(train: pa.Table, holdout: pa.Table, k: int) -> pa.Table:
     when the holdout starts)."""
     counts = pc.value_counts(holdout.column("item_id")).to_pylist()
     top = [c["values"] for c in sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:k]]
-    latest = {}
-    for t in (train, holdout):
-        ids = t.column("item_id").to_pylist()
-        for i, item in enumerate(ids):
-            if item in top and item not in latest:
-                latest[item] = (t, i)
-    rows = [latest[i][0].slice(latest[i][1], 1) for i in top if i in latest]
-    return pa.concat_tables(rows)
+    wanted = set(top)
+    latest: dict[str, tuple[pa.Table, int]] = {}
+    for i, item in enumerate(train.column("item_id").to_pylist()):  # sorted by time: the last one wins
+        if item in wanted:
+            latest[item] = (train, i)
+    for i, item in enumerate(holdout.column("item_id").to_pylist()):  # items new in the holdout: first sight
+        if item in wanted and item not in latest:
+            latest[item] = (holdout, i)
+    return pa.concat_tables([latest[i][0].slice(latest[i][1], 1) for i in top])
 
 
 def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: pa.Table, cfg: Settings) -> dict:
