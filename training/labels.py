@@ -66,7 +66,12 @@ def build_labels(
         for name, etype in cfg.targets.items()
     )
     sql = f"""
-WITH ev AS (SELECT * REPLACE (CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp) FROM {_events_sql(events)})
+WITH ev AS (
+  -- event_id is unique by contract; the log can still repeat a row (see README, Status), and a repeated
+  -- impression must not become two labels.
+  SELECT * REPLACE (CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp) FROM {_events_sql(events)}
+  QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY event_timestamp) = 1
+)
 SELECT {", ".join(f"i.{c}" for c in LABEL_KEYS)}, i.event_timestamp,
   {targets}
 FROM ev i

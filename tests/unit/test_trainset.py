@@ -157,6 +157,7 @@ def test_labels_attribute_outcomes_inside_the_window_only():
         # r3: the impression is outside [start, end) -> no row
         ("g", "r3", "u2", "i1", "impression", t0 + pd.Timedelta(days=2)),
     ]
+    ev.append(ev[0])  # a row the log repeats is still one impression
     df = pd.DataFrame(ev, columns=["event_id", "request_id", "user_id", "item_id", "event_type", "event_timestamp"])
     df["item_category"], df["position"], df["propensity"] = "c1", 1, 0.5
     con = connect()
