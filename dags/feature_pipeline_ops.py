@@ -6,20 +6,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from flywheel.retrain_dag import DEFAULT_ARGS
+from flywheel.retrain_dag import COMMON
 
 
 @dag(
     dag_id="feature_pipeline_ops",
     schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2019, 1, 1, tz="UTC"),  # before any data we replay (OBD: 2019)
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **COMMON,
     params={"backfill_online_days": Param(0, type="integer", minimum=0, description="0 = no backfill")},
     tags=["flywheel", "features"],
 )

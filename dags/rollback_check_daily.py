@@ -3,20 +3,16 @@ roll back automatically if the champion is worse (training.rollback_max_auc_drop
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from flywheel.retrain_dag import DEFAULT_ARGS
+from flywheel.retrain_dag import COMMON
 
 
 @dag(
     dag_id="rollback_check_daily",
     schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2019, 1, 1, tz="UTC"),  # before any data we replay (OBD: 2019)
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **COMMON,
     tags=["flywheel", "retraining"],
 )
 def rollback_check_daily():

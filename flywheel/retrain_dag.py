@@ -10,6 +10,14 @@ from airflow.sdk import dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True}
+# What every Flywheel DAG shares: a start before any data we replay (OBD: 2019), explicit catchup (backfills
+# are explicit, `airflow backfill create`, and run in order), one run at a time, retries with backoff.
+COMMON = {
+    "start_date": pendulum.datetime(2019, 1, 1, tz="UTC"),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+}
 
 
 def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
@@ -18,10 +26,7 @@ def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
         description=description,
         # Real data intervals (a bare cron string would give start == end in Airflow 3).
         schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
-        start_date=pendulum.datetime(2019, 1, 1, tz="UTC"),  # before any data we replay (OBD: 2019)
-        catchup=False,  # backfills are explicit: `airflow backfill create` runs intervals in order
-        max_active_runs=1,  # promotions must happen in interval order
-        default_args=DEFAULT_ARGS,
+        **COMMON,
         tags=["flywheel", "retraining", mode],
     )
     def retrain():

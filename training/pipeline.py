@@ -132,7 +132,7 @@ def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: p
             hb.extra["item_id"],
             p,
             catalog=len(set(train.column("item_id").to_pylist()) | set(hb.extra["item_id"])),
-        ),  # noqa: E501
+        ),
         "holdout_rows": int(holdout.num_rows),
         "holdout_click_rate": float(y.mean()),
     }
@@ -208,22 +208,19 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
     table, manifest = read_trainset(trainset_dir)
     train, holdout = split_holdout(table, cfg.training.holdout_fraction)
     champion = reg.alias("champion")
-    warm = None
+    champ = load_model(reg, champion.version) if champion else None  # read and checked once
     if mode == "incremental":
-        if champion is None:
+        if champ is None:
             raise ValueError("incremental training needs a champion to start from: run the monthly full DAG first")
-        warm = reg.load_state(champion.version)
-        _, mcfg = load_model(reg, champion.version)
+        mcfg = champ[1]
     else:
         mcfg = ModelConfig(dense=feature_columns(table, manifest))
+    warm = champ[0].state_dict() if mode == "incremental" else None
     model, curves = fit(train, holdout, mcfg, train_config(cfg, mode == "incremental"), warm_start=warm)
     metrics = evaluate_model(model, mcfg, train, holdout, cfg)
     metrics["curves"] = curves
-    if champion is not None:
-        champ_model, champ_cfg = load_model(reg, champion.version)
-        metrics["champion"] = {"version": champion.version} | evaluate_model(
-            champ_model, champ_cfg, train, holdout, cfg
-        )
+    if champ is not None:
+        metrics["champion"] = {"version": champion.version} | evaluate_model(*champ, train, holdout, cfg)
     validation_file = trainset_dir / "validation.json"
     validation = json.loads(validation_file.read_text()) if validation_file.exists() else {}
     mv = ModelVersion(
