@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -36,7 +38,26 @@ def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None, partitio
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    _wait_for_leaders(client, missing)
     return created
+
+
+def _wait_for_leaders(client, topics: list[str], timeout_s: float = 30) -> None:
+    """A created topic is usable once every partition has a leader; until then reads and offset lookups
+    fail with NOT_LEADER_FOR_PARTITION (seen in CI right after creation)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        md = client.list_topics(timeout=10).topics
+        ready = all(
+            t in md and md[t].error is None and md[t].partitions
+            and all(p.leader >= 0 and p.error is None for p in md[t].partitions.values())
+            for t in topics
+        )  # fmt: skip
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {topics} have partitions without a leader after {timeout_s:.0f}s")
+        time.sleep(0.2)
 
 
 def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
