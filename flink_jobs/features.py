@@ -15,6 +15,7 @@ the cluster (`flywheel flink submit`).
 
 from __future__ import annotations
 
+import re
 import sys
 import zlib
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class JobOptions:
     bounded: bool = False  # stop at the topic's current end (tests, demo, backfills)
     parallelism: int = 2
     job_name: str = "flywheel-features"
+    online: bool = True  # False: Parquet only (offline backfills; the benchmark's offline-only figure)
 
 
 def options(cfg: Settings, **overrides) -> JobOptions:
@@ -164,6 +166,17 @@ def _materialize(t_env, name: str, query: str, proc_time: bool = False) -> None:
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
 
+def _rowtime_view(t_env, name: str, query: str, column: str) -> None:
+    """Register `query` as view `name` with `column` as its event time and the upstream watermark (JVM
+    only). Flink SQL keeps a time attribute only through a few operations; a shifted time (a pane's
+    "leave" move, one window after its end) needs this boundary to become one."""
+    from pyflink.table import Schema
+
+    schema = Schema.new_builder().watermark(column, "SOURCE_WATERMARK()").build()
+    stream = t_env.to_data_stream(t_env.sql_query(query))
+    t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
+
+
 def _register_streams(t_env) -> None:
     """events_checked (every record, with its verdict), events_ontime, events_clean (deduplicated)."""
     _materialize(t_env, "events_checked", _checked_select(), proc_time=True)
@@ -186,59 +199,108 @@ def _window(g: FeatureGroup, table: str) -> str:
     return f"TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(event_time), {_interval(size)}))"
 
 
-def group_views(g: FeatureGroup) -> list[tuple[str, str]]:
-    """(name, query) of the views that end in g_<group>: keys, features, event_timestamp (the window end),
-    only what changed. Registered as Table objects: Flink re-parses SQL views' text when expanding them,
-    and loses the parentheses of a multi-column SESSION ... PARTITION BY (a, b) on the way."""
+SUM_OF = re.compile(r"SUM\((\w+)\)")
+
+
+def summed_columns(g: FeatureGroup) -> list[str]:
+    """The event columns a sliding group's features sum. Sliding values are rebuilt from per-slide
+    partial sums, so every aggregate must be a SUM of a column (ratios of sums are fine)."""
+    cols: list[str] = []
+    for f in g.features:
+        rest = SUM_OF.sub("", f.sql)
+        if "(" in rest.replace("CAST(", "").replace("NULLIF(", ""):
+            raise ValueError(
+                f"{g.name}.{f.name}: {f.sql!r} — a sliding feature may only combine SUM(column) terms "
+                "(use a tumbling window for other aggregates)"
+            )
+        cols += [c for c in SUM_OF.findall(f.sql) if c not in cols]
+    return cols
+
+
+def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
+    """(name, query, rowtime) of the views that end in g_<group>: keys, features, event_timestamp (the
+    window end), only what changed. A view with a rowtime column is registered behind a DataStream
+    boundary that makes that column its event time (see `_rowtime_view`)."""
     src = f"events_{g.name}"
     keys = ", ".join(g.entities)
-    views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""))]
-    feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
-    all_windows = f"""SELECT {keys},
-  {feats},
-  window_end, window_time
-FROM {_window(g, src)}
-GROUP BY {keys}, window_start, window_end, window_time"""
     names = ", ".join(g.feature_names)
+    views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None)]
     if not g.emits_changes:
+        feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
         views.append(
             (
                 f"g_{g.name}",
-                f"SELECT {keys}, {names}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp FROM ({all_windows})",
+                f"SELECT {keys}, {feats}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp "
+                f"FROM {_window(g, src)} GROUP BY {keys}, window_start, window_end",
+                None,
             )
         )
         return views
-    views.append((f"w_{g.name}", all_windows))
-    over = f"OVER (PARTITION BY {keys} ORDER BY window_time)"
-    lags = ", ".join(f"LAG({n}) {over} AS prev_{n}" for n in g.feature_names)
-    slide_s = int(g.window.slide.total_seconds())
-    changed = " OR ".join(f"{n} IS DISTINCT FROM prev_{n}" for n in g.feature_names)
-    # Emit a window when its value differs from the key's previous window, or when windows were
-    # skipped in between (the key was empty there, and its empty row has been written).
-    changes = f"""SELECT {keys}, {names}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp FROM (
-  SELECT *, LAG(window_end) {over} AS prev_end, {lags} FROM w_{g.name}
-) WHERE prev_end IS NULL OR prev_end <> window_end - {_interval(slide_s)} OR {changed}"""
-    # The empty row: at the first window end (on the slide grid) whose window holds none of the key's
-    # events. Sessions over slide-aligned panes find it exactly: panes p1 < p2 keep the key non-empty in
-    # between iff p2 - p1 <= size, so the session gap is size plus less than one slide (one minute), and
-    # the session ends one minute after the empty row's time.
-    panes = f"panes_{g.name}"
+    # A sliding window's value changes only when a slide of events enters it or leaves it. So instead of
+    # evaluating every (key, window) (a 7-day window sliding hourly: 168 per event), each key's events
+    # are summed per slide (a pane), each pane becomes two moves, "enter" at its end and "leave" one
+    # window later (zeros), and a RANGE OVER aggregation sums the panes inside the window at each move.
+    # Each pane thus costs two rows; the "leave" row also yields the explicit empty value (counts 0).
+    cols = summed_columns(g)
+    slide_s, size_s = int(g.window.slide.total_seconds()), int(g.window.size.total_seconds())
+    # Exact sums: DOUBLE sums that are added and retracted drift (a window emptied of position weights
+    # summed to -1e-17, not 0), so partial sums are DECIMAL(38, 18).
+    sums = ", ".join(f"SUM(CAST({c} AS DECIMAL(38, 18))) AS {c}" for c in cols)
     views.append(
         (
-            panes,
-            f"SELECT {keys}, window_time AS pane_time FROM "
+            f"panes_{g.name}",
+            f"SELECT {keys}, {sums}, CAST(window_time AS TIMESTAMP(3)) AS t FROM "
             f"TABLE(TUMBLE(TABLE {src}, DESCRIPTOR(event_time), {_interval(slide_s)})) "
             f"GROUP BY {keys}, window_start, window_end, window_time",
+            None,
         )
     )
-    empties = ", ".join(f"{f.empty_sql} AS {f.name}" for f in g.features)
-    gap = _day_to_minute(g.window.size.total_seconds() + 60)
-    empty = f"""SELECT {keys}, {empties},
-  CAST(TO_TIMESTAMP_LTZ(FLOOR(UNIX_TIMESTAMP(CAST(window_end AS STRING)) / {slide_s}) * {slide_s} * 1000, 3)
-       AS TIMESTAMP(3)) AS event_timestamp
-FROM TABLE(SESSION(TABLE {panes} PARTITION BY ({keys}), DESCRIPTOR(pane_time), {gap}))
-GROUP BY {keys}, window_start, window_end"""
-    views.append((f"g_{g.name}", f"{changes}\nUNION ALL\n{empty}"))
+    zeros = ", ".join(f"{c} - {c} AS {c}" for c in cols)  # a zero of the column's own type
+    views.append(
+        (
+            f"shifted_{g.name}",
+            f"SELECT * FROM panes_{g.name} UNION ALL "
+            f"SELECT {keys}, {zeros}, t + {_day_to_minute(size_s)} AS t FROM panes_{g.name}",
+            "t",
+        )
+    )
+    # One move per key and time: an enter and a leave at the same time would be peers in the OVER
+    # aggregations below, and LAG (which allows no ROWS frame) would compare a peer with a peer.
+    shifted_sums = ", ".join(f"SUM({c}) AS {c}" for c in cols)
+    views.append(
+        (
+            f"moves_{g.name}",
+            f"SELECT {keys}, {shifted_sums}, window_time AS t FROM "
+            f"TABLE(TUMBLE(TABLE shifted_{g.name}, DESCRIPTOR(t), {_interval(slide_s)})) "
+            f"GROUP BY {keys}, window_start, window_end, window_time",
+            None,
+        )
+    )
+    over_sum = ",\n  ".join(
+        f"CAST({SUM_OF.sub(lambda m: f'SUM({m[1]}) OVER w', f.sql)} AS {SQL_TYPES[f.dtype]}) AS {f.name}"
+        for f in g.features
+    )
+    # The window ending at a move's end holds the panes that ended in (end - size, end].
+    views.append(
+        (
+            f"w_{g.name}",
+            f"SELECT {keys}, {over_sum}, t FROM moves_{g.name} WINDOW w AS (PARTITION BY {keys} ORDER BY t "
+            f"RANGE BETWEEN {_day_to_minute(size_s - slide_s)} PRECEDING AND CURRENT ROW)",
+            None,
+        )
+    )
+    over = f"OVER (PARTITION BY {keys} ORDER BY t)"
+    lags = ", ".join(f"LAG({n}) {over} AS prev_{n}" for n in g.feature_names)
+    changed = " OR ".join(f"{n} IS DISTINCT FROM prev_{n}" for n in g.feature_names)
+    views.append(
+        (
+            f"g_{g.name}",
+            f"SELECT {keys}, {names}, CAST(t + INTERVAL '0.001' SECOND AS TIMESTAMP(3)) AS event_timestamp FROM (\n"
+            f"  SELECT *, LAG(t) {over} AS prev_t, {lags} FROM w_{g.name}\n"
+            f") WHERE prev_t IS NULL OR {changed}",
+            None,
+        )
+    )
     return views
 
 
@@ -315,11 +377,10 @@ def _online_select(g: FeatureGroup) -> str:
 
 def build(cfg: Settings, opt: JobOptions):
     """Create the environment and declare the whole job. Returns (stream env, statement set)."""
-    from pyflink.common import Configuration, Types
+    from pyflink.common import Configuration
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
-    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
     from flywheel.kafka import ensure_topics
 
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
@@ -390,14 +451,27 @@ def build(cfg: Settings, opt: JobOptions):
     )
     online_parts = []
     for g in GROUPS:
-        for name, query in group_views(g):
-            t_env.create_temporary_view(name, t_env.sql_query(query))
+        for name, query, rowtime in group_views(g):
+            if rowtime:
+                _rowtime_view(t_env, name, query, rowtime)
+            else:
+                t_env.create_temporary_view(name, t_env.sql_query(query))
         t_env.execute_sql(_offline_sink(g, opt))
         stmts.add_insert_sql(
             f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "
             f"DATE_FORMAT(event_timestamp, 'HH') FROM g_{g.name}"
         )
         online_parts.append(_online_select(g))
+
+    if opt.online:
+        _online_writer(cfg, opt, t_env, stmts, online_parts)
+    return env, stmts
+
+
+def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: list[str]) -> None:
+    from pyflink.common import Types
+
+    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
 
     # Online: one stream of (view, keys, ts, values) for every group, sharded for batching.
     online = t_env.sql_query("\nUNION ALL\n".join(online_parts))
@@ -422,7 +496,6 @@ def build(cfg: Settings, opt: JobOptions):
         "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
     )
     stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
-    return env, stmts
 
 
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):

@@ -149,6 +149,7 @@ def simulate_cmd(
     duplicate_rate: float = 0.0,
     malformed_rate: float = 0.0,
     drift_at: Annotated[datetime | None, typer.Option(help="preference drift from this time")] = None,
+    drift_until: Annotated[datetime | None, typer.Option(help="and back to normal at this time")] = None,
     corrupt_week_start: Annotated[datetime | None, typer.Option(help="a corrupted week from this time")] = None,
 ) -> None:
     """Generate seeded synthetic traffic with faults, into Kafka or a JSONL file."""
@@ -171,6 +172,7 @@ def simulate_cmd(
             duplicate_rate=duplicate_rate,
             malformed_rate=malformed_rate,
             drift_at=drift_at,
+            drift_until=drift_until,
             corrupt_week_start=corrupt_week_start,
         ),
     )

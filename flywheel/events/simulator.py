@@ -8,7 +8,7 @@ weekly seasonality.
 
 Faults, each at a requested rate and counted: out-of-order arrival (within the allowed
 out-of-orderness), late arrival (beyond the allowed lateness), duplicates (same event_id), malformed
-records (each kind of contract break), a preference drift from a given time, and a corrupted week
+records (each kind of contract break), a preference drift from a given time (optionally until another), and a corrupted week
 (schema-valid but wrong: null categories, constant propensity 1.0, positions out of the slot range).
 
 Everything is a function of the seed: the same config gives byte-identical records.
@@ -38,6 +38,7 @@ class Faults(BaseModel):
     duplicate_rate: float = 0.0
     malformed_rate: float = 0.0
     drift_at: datetime | None = None
+    drift_until: datetime | None = None  # a transient drift: tastes return to normal here
     corrupt_week_start: datetime | None = None
     corrupt_fraction: float = 0.3
 
@@ -152,6 +153,7 @@ def simulate(cfg: SimConfig) -> SimOutput:
     req_time = _request_times(cfg, n_requests, rng)
     req_user = rng.choice(cfg.users, size=n_requests, p=world.user_activity)
     drift_ms = int(f.drift_at.timestamp() * 1000) if f.drift_at else None
+    until_ms = int(f.drift_until.timestamp() * 1000) if f.drift_until else np.iinfo(np.int64).max
 
     cols: dict[str, list[np.ndarray]] = {
         n: [] for n in ("req", "user", "item", "pos", "prop", "click", "purchase", "drift")
@@ -173,7 +175,7 @@ def simulate(cfg: SimConfig) -> SimOutput:
         chosen_w = np.take_along_axis(w, top, axis=1)
         prior = np.cumsum(chosen_w, axis=1) - chosen_w
         prop = chosen_w / (z - prior)  # exact Plackett-Luce probability of this item at this slot
-        drifted = (t >= drift_ms) if drift_ms is not None else np.zeros(len(t), bool)
+        drifted = (t >= drift_ms) & (t < until_ms) if drift_ms is not None else np.zeros(len(t), bool)
         eff_user = np.where(drifted, world.drift_perm[u], u)
         rel = _sigmoid(
             np.einsum("rd,rkd->rk", world.user_latent[eff_user] * 4.0, world.item_latent[top])

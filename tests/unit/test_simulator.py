@@ -101,3 +101,17 @@ def test_drift_breaks_the_logging_policy_fit():
     assert drifted.stats.drifted > 0 and still.stats.drifted == 0
     assert ctr(still, True) == pytest.approx(ctr(still, False), rel=0.1)
     assert ctr(drifted, True) < 0.8 * ctr(drifted, False)
+
+
+def test_a_transient_drift_ends():
+    """With drift_until, tastes return: the logging policy fits again after it (the rollback scenario)."""
+    base = SimConfig(events=120_000, users=1_000, items=300, days=15, seed=3)
+    a, b = base.start + timedelta(days=5), base.start + timedelta(days=10)
+    ta, tb = (int(x.timestamp() * 1000) for x in (a, b))
+    out = simulate(base.model_copy(update={"faults": Faults(drift_at=a, drift_until=b)}))
+    kinds: dict[int, Counter] = {0: Counter(), 1: Counter(), 2: Counter()}
+    for e in map(orjson.loads, out.values):
+        kinds[(e["event_time"] >= ta) + (e["event_time"] >= tb)][e["event_type"]] += 1
+    before, during, after = (k["click"] / k["impression"] for k in kinds.values())
+    assert during < 0.8 * before and during < 0.8 * after
+    assert after == pytest.approx(before, rel=0.15)
