@@ -15,6 +15,8 @@ test-unit: setup
 
 bench: setup
 	.venv/bin/flywheel bench trainset
+	.venv/bin/flywheel infra up -s kafka,redis
+	.venv/bin/flywheel bench features
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -49,4 +49,4 @@ def feature_pipeline_ops():
     applied >> backfill_requested() >> backfill_online()
 
 
-feature_pipeline_ops()
+feature_pipeline_ops_dag = feature_pipeline_ops()  # a name, so dag.test() can find it

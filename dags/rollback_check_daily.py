@@ -25,4 +25,4 @@ def rollback_check_daily():
     rollback_check()
 
 
-rollback_check_daily()
+rollback_check_daily_dag = rollback_check_daily()  # a name, so dag.test() can find it

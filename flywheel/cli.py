@@ -463,13 +463,13 @@ def score_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    which: Annotated[str, typer.Argument(help="trainset (more to come: see README)")] = "trainset",
+    which: Annotated[str, typer.Argument(help="trainset | features")] = "trainset",
 ) -> None:
     """Run a benchmark and merge its figures into var/bench/results.json."""
-    from flywheel import bench
+    from flywheel import bench, bench_features
 
     cfg = load_settings()
-    runners = {"trainset": bench.trainset}
+    runners = {"trainset": bench.trainset, "features": bench_features.run}
     if which not in runners:
         _fail(f"unknown benchmark {which!r}; known: {', '.join(runners)}")
     figures = runners[which](cfg, log=console.print)

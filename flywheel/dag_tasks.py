@@ -130,6 +130,10 @@ def rollback_check(end: datetime) -> dict:
     if manifest.rows < cfg.validation.min_rows:
         print(f"only {manifest.rows} fresh labels (< {cfg.validation.min_rows}): too few to judge")
         return {"outcome": "no_change"}
+    quality = pipeline.validate_stage(cfg, out)  # judging models on broken data would be noise
+    if not quality["passed"]:
+        print(f"fresh labels fail the quality checks, not judging on them: {'; '.join(quality['reasons'])}")
+        return {"outcome": "no_change", "reasons": quality["reasons"]}
     d = pipeline.rollback_stage(cfg, out)
     print(f"{d.outcome}: {'; '.join(d.reasons)}")
     return d.as_dict()

@@ -76,10 +76,15 @@ def job(cfg: Settings, job_id: str) -> dict:
     return r.json()
 
 
-def completed_checkpoints(cfg: Settings, job_id: str) -> int:
+def checkpoints(cfg: Settings, job_id: str) -> dict:
+    """Flink's checkpoint statistics: counts, and under latest the completed and the restored one."""
     r = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=10)
     r.raise_for_status()
-    return int(r.json()["counts"]["completed"])
+    return r.json()
+
+
+def completed_checkpoints(cfg: Settings, job_id: str) -> int:
+    return int(checkpoints(cfg, job_id)["counts"]["completed"])
 
 
 def wait_state(cfg: Settings, job_id: str, states: set[str], timeout_s: float = 300) -> str:
@@ -90,6 +95,12 @@ def wait_state(cfg: Settings, job_id: str, states: set[str], timeout_s: float = 
             return state
         time.sleep(1)
     raise FlinkError(f"job {job_id} not in {states} after {timeout_s:.0f}s (now {state})")
+
+
+def cancel(cfg: Settings, job_id: str, timeout_s: float = 120) -> None:
+    """Cancel a job (no savepoint) and wait until it is gone."""
+    requests.patch(f"{cfg.flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10).raise_for_status()
+    wait_state(cfg, job_id, {"CANCELED", "FINISHED", "FAILED"}, timeout_s)
 
 
 def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> str:

@@ -8,8 +8,9 @@ weekly seasonality.
 
 Faults, each at a requested rate and counted: out-of-order arrival (within the allowed
 out-of-orderness), late arrival (beyond the allowed lateness), duplicates (same event_id), malformed
-records (each kind of contract break), a preference drift from a given time (optionally until another), and a corrupted week
-(schema-valid but wrong: null categories, constant propensity 1.0, positions out of the slot range).
+records (each kind of contract break), a drift from a given time, optionally until another (of tastes,
+or a layout change that flattens position bias), and a corrupted week (schema-valid but wrong: null
+categories, constant propensity 1.0, positions out of the slot range).
 
 Everything is a function of the seed: the same config gives byte-identical records.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -38,7 +39,11 @@ class Faults(BaseModel):
     duplicate_rate: float = 0.0
     malformed_rate: float = 0.0
     drift_at: datetime | None = None
-    drift_until: datetime | None = None  # a transient drift: tastes return to normal here
+    drift_until: datetime | None = None  # a transient drift: back to normal here
+    # tastes: users like what other users liked; layout: a UI change makes lower positions almost as
+    # visible as the top (examination position**-layout_eta instead of **-examination_eta)
+    drift_kind: Literal["tastes", "layout"] = "tastes"
+    layout_eta: float = 0.1
     corrupt_week_start: datetime | None = None
     corrupt_fraction: float = 0.3
 
@@ -176,13 +181,16 @@ def simulate(cfg: SimConfig) -> SimOutput:
         prior = np.cumsum(chosen_w, axis=1) - chosen_w
         prop = chosen_w / (z - prior)  # exact Plackett-Luce probability of this item at this slot
         drifted = (t >= drift_ms) & (t < until_ms) if drift_ms is not None else np.zeros(len(t), bool)
-        eff_user = np.where(drifted, world.drift_perm[u], u)
+        eff_user = np.where(drifted & (f.drift_kind == "tastes"), world.drift_perm[u], u)
         rel = _sigmoid(
             np.einsum("rd,rkd->rk", world.user_latent[eff_user] * 4.0, world.item_latent[top])
             + world.item_quality[top]
             - 1.0
         )
         exam = (1.0 / np.arange(1, k + 1) ** cfg.examination_eta)[None, :]
+        if f.drift_kind == "layout":
+            flat = (1.0 / np.arange(1, k + 1) ** f.layout_eta)[None, :]
+            exam = np.where(drifted[:, None], flat, exam)
         click = rng.random(top.shape) < exam * rel * 0.12
         purchase = click & (rng.random(top.shape) < cfg.purchase_given_click * rel)
         cols["req"].append(np.repeat(np.arange(lo, hi), k))

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 
+import duckdb
 import pytest
 
+from feature_repo.spec import GROUPS, group
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel import feast_store
 from flywheel.cli import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
-from flywheel.flink_cluster import list_jobs, submit, wait_state
+from flywheel.flink_cluster import (
+    cancel,
+    checkpoints,
+    completed_checkpoints,
+    job,
+    list_jobs,
+    stop_with_savepoint,
+    submit,
+    wait_state,
+)
+from flywheel.infra.services import Flink, Redis
 from flywheel.kafka import ensure_topics
+from tests.integration.feature_checks import assert_offline_matches_reference, assert_online_matches_offline
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +71,9 @@ def _args(opt) -> list[str]:
 
 
 def test_submitted_job_runs_on_the_cluster_and_reconciles(cfg):
-    opt, sim = _prepare(
-        cfg,
-        SimConfig(
-            events=3_000,
-            users=150,
-            items=80,
-            categories=5,
-            days=0.5,
-            seed=5,
-            faults=Faults(duplicate_rate=0.02, malformed_rate=0.01),
-        ),
-    )
+    faults = Faults(duplicate_rate=0.02, malformed_rate=0.01)
+    world = SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=5, faults=faults)
+    opt, sim = _prepare(cfg, world)
     job_id = submit(cfg, _args(opt))
     assert any(j["jid"] == job_id and j["name"] == opt.job_name for j in list_jobs(cfg))
     assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
@@ -74,3 +81,107 @@ def test_submitted_job_runs_on_the_cluster_and_reconciles(cfg):
     assert r.events_in == 3_000 and r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert features.committed_parquet(opt.offline_dir, "user_stats_24h")
+
+
+def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
+    """SIGKILL the TaskManager after a completed checkpoint, start a new one: the job restores from the
+    checkpoint and finishes; Parquet has no duplicate and no missing value against the reference, the
+    counts reconcile, and Redis holds what the offline store holds."""
+    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "2000")  # read by `flink run`'s client
+    Redis(cfg).client().flushdb()
+    faults = Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
+    world = SimConfig(events=40_000, users=400, items=150, categories=6, days=1.5, seed=9, faults=faults)
+    opt, sim = _prepare(cfg, world)
+    job_id = submit(cfg, _args(opt))
+    deadline = time.monotonic() + 300
+    while completed_checkpoints(cfg, job_id) < 1:
+        assert job(cfg, job_id)["state"] == "RUNNING", "the job ended before its first checkpoint: nothing to test"
+        assert time.monotonic() < deadline, "no completed checkpoint after 300 s"
+        time.sleep(0.5)
+    flink = Flink(cfg)
+    os.kill(flink.tm_proc.pid(), signal.SIGKILL)
+    assert flink.up() == "taskmanager restarted"
+    assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=900) == "FINISHED"
+    assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
+
+    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    assert r.events_in == 40_000 and r.pending == 0, r.as_dict()
+    log = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
+    ).fetchall()[0]
+    assert log[0] == log[1] == r.aggregated, (log, r.as_dict())
+    for name in ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click"):
+        assert_offline_matches_reference(cfg, opt, sim, group(name))  # also: no duplicate rows
+    assert_online_matches_offline(cfg, opt)
+
+
+def _markers(cfg, topic: str, at_ms: int) -> None:
+    """One valid event far in the future in every partition: it moves the watermark past all real data,
+    so an unbounded job fires every window of it (the markers' own windows stay open)."""
+    import orjson
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for part in range(cfg.kafka.partitions):
+        event = {"schema_version": 1, "event_id": f"marker-{part}", "user_id": f"marker-{part}", "item_id": "marker",
+                 "item_category": "marker", "event_type": "impression", "position": 1, "propensity": 1.0,
+                 "request_id": f"marker-{part}", "source": "simulator", "context": {}, "event_time": at_ms,
+                 "ingest_time": at_ms}  # fmt: skip
+        p.produce(topic, value=orjson.dumps(event), key=event["user_id"].encode(), partition=part)
+    assert p.flush(30) == 0
+
+
+def _caught_up(cfg, opt, expected: int, timeout_s: float = 600) -> None:
+    """Until the audit (committed on checkpoint) accounts for `expected` events."""
+    deadline = time.monotonic() + timeout_s
+    while (r := reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)).accounted < expected:
+        assert time.monotonic() < deadline, r.as_dict()
+        time.sleep(2)
+
+
+def _all_rows(opt) -> dict[str, list]:
+    out = {}
+    for view in [g.name for g in GROUPS] + ["events"]:
+        rel = duckdb.sql(f"SELECT * EXCLUDE (dt, hr) FROM read_parquet('{opt.offline_dir}/{view}/*/*/part-*')")
+        out[view] = sorted(rel.fetchall(), key=repr)
+    return out
+
+
+def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
+    """The same events through one uninterrupted run and through a run stopped with a savepoint halfway
+    and resumed from it: identical Parquet rows in every view and in the event log."""
+    sim = simulate(
+        SimConfig(events=8_000, users=200, items=80, categories=5, days=1.0, seed=21,
+                  faults=Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01))
+    )  # fmt: skip
+    end_ms = int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000  # 10 days after the last event
+    half = len(sim.values) // 2
+    runs = []
+    for interrupted in (False, True):
+        name = f"sp-{uuid.uuid4().hex[:8]}"
+        opt = features.options(
+            cfg, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
+            offline_dir=cfg.var_dir / f"offline-{name}", job_name=name,
+        )  # fmt: skip
+        ensure_topics(cfg.kafka, [name])
+        args = _args(opt)[1:]  # unbounded
+        write_records(cfg, sim.keys[:half], sim.values[:half], name)
+        job_id = submit(cfg, args)
+        if interrupted:
+            deadline = time.monotonic() + 300
+            while completed_checkpoints(cfg, job_id) < 2:  # a checkpoint after the first half was read
+                assert time.monotonic() < deadline
+                time.sleep(1)
+            savepoint = stop_with_savepoint(cfg, job_id)
+            write_records(cfg, sim.keys[half:], sim.values[half:], name)
+            job_id = submit(cfg, args, savepoint=savepoint)
+        else:
+            write_records(cfg, sim.keys[half:], sim.values[half:], name)
+        _markers(cfg, name, end_ms)
+        _caught_up(cfg, opt, len(sim.values))
+        cancel(cfg, job_id)
+        runs.append(_all_rows(opt))
+    uninterrupted, resumed = runs
+    for view, rows in uninterrupted.items():
+        assert rows, view
+        assert resumed[view] == rows, f"{view}: {len(resumed[view])} rows after resume vs {len(rows)}"

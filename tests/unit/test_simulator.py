@@ -115,3 +115,22 @@ def test_a_transient_drift_ends():
     before, during, after = (k["click"] / k["impression"] for k in kinds.values())
     assert during < 0.8 * before and during < 0.8 * after
     assert after == pytest.approx(before, rel=0.15)
+
+
+def test_a_layout_change_flattens_position_bias_while_it_lasts():
+    base = SimConfig(events=80_000, users=500, items=200, days=6, seed=4)
+    a, b = base.start + timedelta(days=2), base.start + timedelta(days=4)
+    ta, tb = (int(x.timestamp() * 1000) for x in (a, b))
+    out = simulate(base.model_copy(update={"faults": Faults(drift_at=a, drift_until=b, drift_kind="layout")}))
+    n: dict[tuple[bool, bool, str], int] = Counter()
+    for e in map(orjson.loads, out.values):
+        if e["position"] in (1, 8, 9, 10):
+            n[(ta <= e["event_time"] < tb, e["position"] == 1, e["event_type"])] += 1
+
+    def low_vs_top(during: bool) -> float:
+        def ctr(top: bool) -> float:
+            return n[(during, top, "click")] / n[(during, top, "impression")]
+
+        return ctr(False) / ctr(True)
+
+    assert low_vs_top(True) > 2 * low_vs_top(False)
