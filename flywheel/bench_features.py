@@ -249,38 +249,39 @@ def freshness(cfg: Settings, log=print, rate: int = 10_000, lead_s: int = 60, ta
 
 
 def run(cfg: Settings, log=print) -> dict:
+    """All figures; each is merged into results.json as soon as it is measured (the run is long)."""
+    from flywheel.bench import merge_results
+
+    figures: dict = {"features_bench_shape": ", ".join(f"{k}={v}" for k, v in SHAPE.items()) + f", calibration={SMALL}"}
+
+    def keep(**new) -> None:
+        figures.update(new)
+        merge_results(cfg, figures)
+
     n = SHAPE["events"]
     big, small = prefill(cfg, n, log), prefill(cfg, SMALL, log)
+    keep(naive_consumer_events_per_s=round(naive_consumer(cfg, big, n, log)))
     wall: dict[str, dict[str, float]] = {}
-    repeated = 0
-    for job in ("passthrough", "offline", "features"):
-        (big_s, dup), (small_s, _) = flink_seconds(cfg, big, job, log), flink_seconds(cfg, small, job, log)
-        wall[job] = {"big": big_s, "small": small_s}
-        repeated += dup or 0
 
     def sustained(job: str) -> int:
         return round((n - SMALL) / max(wall[job]["big"] - wall[job]["small"], 1e-9))
 
-    naive = naive_consumer(cfg, big, n, log)
+    for job in ("passthrough", "features"):
+        (big_s, repeated), (small_s, _) = flink_seconds(cfg, big, job, log), flink_seconds(cfg, small, job, log)
+        wall[job] = {"big": big_s, "small": small_s}
+        keep(**{f"flink_{job}_wall_s": round(big_s, 1), f"flink_{job}_calibration_wall_s": round(small_s, 1)})
+        if repeated is not None:
+            keep(flink_event_log_repeated_rows=repeated)
+    keep(
+        flink_events_per_s=sustained("features"),
+        flink_passthrough_events_per_s=sustained("passthrough"),
+        flink_events_per_s_incl_startup=round(n / wall["features"]["big"]),
+        flink_vs_passthrough=round(sustained("features") / sustained("passthrough"), 3),
+    )
     # Freshness at 10k events/s only means something if the job sustains that; otherwise the backlog
     # (and the delay) grows without bound, so it is measured at 70% of what the job sustains.
     rate = 10_000 if sustained("features") >= 12_000 else int(round(0.7 * sustained("features"), -2))
-    fresh = freshness(cfg, log, rate=max(rate, 100))
-
-    figures = {
-        "flink_events_per_s": sustained("features"),
-        "flink_passthrough_events_per_s": sustained("passthrough"),
-        "flink_offline_only_events_per_s": sustained("offline"),
-        "naive_consumer_events_per_s": round(naive),
-        "flink_events_per_s_incl_startup": round(n / wall["features"]["big"]),
-        "flink_wall_s": round(wall["features"]["big"], 1),
-        "flink_passthrough_wall_s": round(wall["passthrough"]["big"], 1),
-        **{f"flink_{job}_calibration_wall_s": round(w["small"], 1) for job, w in wall.items()},
-        "flink_event_log_repeated_rows": repeated,
-        "flink_vs_passthrough": round(sustained("features") / sustained("passthrough"), 3),
-        "features_bench_shape": ", ".join(f"{k}={v}" for k, v in SHAPE.items()) + f", calibration={SMALL}",
-        **fresh,
-    }
+    keep(**freshness(cfg, log, rate=max(rate, 100)))
     _chart(cfg, figures)
     return figures
 
@@ -293,13 +294,12 @@ def _chart(cfg: Settings, f: dict) -> None:
 
     bars = {
         "Flink pass-through (ceiling)": f["flink_passthrough_events_per_s"],
-        "feature job, Parquet only": f["flink_offline_only_events_per_s"],
         "feature job (Parquet + Redis)": f["flink_events_per_s"],
         "naive Python consumer (counts only)": f["naive_consumer_events_per_s"],
     }
     fig, ax = plt.subplots(figsize=(7, 3))
     names = list(bars)
-    drawn = ax.barh(names, [bars[k] for k in names], color=["#8d99ae", "#2a9d8f", "#264653", "#e76f51"])
+    drawn = ax.barh(names, [bars[k] for k in names], color=["#8d99ae", "#264653", "#e76f51"])
     for bar, name in zip(drawn, names, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {bars[name]:,}/s", va="center")
     ax.set_xlabel(f"sustained events/s, {SHAPE['events']:,} simulator events, parallelism 2")
