@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,7 +412,6 @@ def environment(cfg: Settings, opt: JobOptions):
     tc.set("execution.checkpointing.timeout", "30 min")
     tc.set("execution.checkpointing.tolerable-failed-checkpoints", "10")
     tc.set("python.fn-execution.bundle.time", "100")
-    tc.set("python.fn-execution.arrow.batch.size", str(cfg.features.online_batch_size))
     return env, t_env
 
 
@@ -479,30 +479,33 @@ def build(cfg: Settings, opt: JobOptions):
 
 
 def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: list[str]) -> None:
-    """Every group's rows, compacted to the latest value per key and processing-time window (a replay
-    of a backlog rewrites a key many times within a second; Redis needs only the last), into Feast."""
-    from pyflink.table import Schema
+    from pyflink.common import Types
 
-    from flink_jobs.online_writer import online_write
+    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
 
-    flush = f"INTERVAL '{cfg.features.online_flush_ms / 1000:g}' SECOND"
-    union = t_env.to_data_stream(t_env.sql_query("\nUNION ALL\n".join(online_parts)))
-    schema = Schema.new_builder().column_by_expression("pt", "PROCTIME()").build()
-    t_env.create_temporary_view("online_rows", t_env.from_data_stream(union, schema))
+    # Online: one stream of (view, keys, ts, values) for every group, sharded for batching.
+    online = t_env.sql_query("\nUNION ALL\n".join(online_parts))
+    n = opt.parallelism
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
-    t_env.create_temporary_system_function(
-        "feast_write_online", online_write(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
+    writer = OnlineWriter(
+        feast_env(cfg),
+        str(FEATURE_REPO),
+        timestamp_features,
+        cfg.features.online_batch_size,
+        cfg.features.online_flush_ms,
     )
-    t_env.execute_sql("CREATE TABLE online_sink (feature_view STRING, written BIGINT) WITH ('connector' = 'blackhole')")
-    stmts.add_insert_sql(
-        f"""INSERT INTO online_sink
-SELECT feature_view, feast_write_online(feature_view, entity_keys, window_end_ms, feature_values) FROM (
-  SELECT feature_view, entity_keys, LAST_VALUE(window_end_ms) AS window_end_ms,
-         LAST_VALUE(feature_values) AS feature_values
-  FROM TABLE(TUMBLE(TABLE online_rows, DESCRIPTOR(pt), {flush}))
-  GROUP BY feature_view, entity_keys, window_start, window_end
-)"""
+    audit = (
+        t_env.to_data_stream(online)
+        .key_by(lambda r: zlib.crc32(r[1].encode()) % n, key_type=Types.INT())
+        .process(writer, output_type=AUDIT_ROW)
+        .name("feast-online-writer")
     )
+    t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
+    t_env.execute_sql(
+        "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "
+        "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
+    )
+    stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
 
 
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):

@@ -1,52 +1,80 @@
 """The only Python in the feature job: writing window values into Feast's online store (Redis).
 
-The JVM hands this function Arrow batches (a vectorized pandas UDF): per call, a few thousand rows of
-(feature view, entity keys, window end, values), already compacted to the latest value per key over a
-short processing-time window. Each batch is written through `FeatureStore.write_to_online_store`, one
-call per feature view, before the call returns. PyFlink finishes every in-flight batch before a
-checkpoint barrier passes, so a completed checkpoint implies every row before it is in Redis. After a
-failure the job replays from that checkpoint: the rows carry the same window-end timestamps, and
-Feast's Redis store skips writes that are not newer, so replays are no-ops.
+Rows are buffered in Flink keyed state (so a checkpoint includes what is not yet written) and flushed
+in batches through `FeatureStore.write_to_online_store`, by size or by a processing-time timer. After a
+failure the job replays from the last checkpoint: rows written twice carry the same window-end
+timestamp, and Feast's Redis store skips writes that are not newer, so replays are no-ops.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections import defaultdict
 
-import orjson
-import pandas as pd
-from pyflink.table import DataTypes
-from pyflink.table.udf import ScalarFunction, udf
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+AUDIT_ROW = Types.ROW_NAMED(
+    ["feature_view", "rows_written", "max_window_end_ms", "written_at_ms"],
+    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],
+)
 
 
-class OnlineWrite(ScalarFunction):
-    def __init__(self, env: dict[str, str], repo_path: str, timestamp_features: dict[str, list[str]]):
+class OnlineWriter(KeyedProcessFunction):
+    def __init__(
+        self,
+        env: dict[str, str],
+        repo_path: str,
+        timestamp_features: dict[str, list[str]],
+        batch_size: int,
+        flush_ms: int,
+    ):
         self.env = env
         self.repo_path = repo_path
         self.timestamp_features = timestamp_features
+        self.batch_size = batch_size
+        self.flush_ms = flush_ms
 
-    def open(self, function_context) -> None:
+    def open(self, runtime_context: RuntimeContext) -> None:
         os.environ.update(self.env)
         from feast import FeatureStore
 
         self.store = FeatureStore(repo_path=self.repo_path)
+        self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
+        self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.LONG()))
 
-    def is_deterministic(self) -> bool:
-        return False  # it writes: the planner must run it once per row, never fold or reuse it
-
-    def eval(self, view: pd.Series, keys: pd.Series, window_end_ms: pd.Series, values: pd.Series) -> pd.Series:
-        batch = pd.DataFrame({"view": view, "keys": keys, "ts": window_end_ms, "values": values})
-        for name, rows in batch.groupby("view", sort=False):
-            df = pd.DataFrame.from_records(
-                [{**orjson.loads(k), **orjson.loads(v)} for k, v in zip(rows["keys"], rows["values"], strict=True)]
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context):
+        # row: feature_view, entity_keys (JSON), window_end_ms, feature_values (JSON)
+        self.buffer.add((row[0], row[1], row[2], row[3]))
+        n = (self.pending.value() or 0) + 1
+        if n >= self.batch_size:
+            yield from self._flush()
+            return
+        if n == 1:
+            ctx.timer_service().register_processing_time_timer(
+                ctx.timer_service().current_processing_time() + self.flush_ms
             )
-            df["event_timestamp"] = pd.to_datetime(rows["ts"].to_numpy(), unit="ms", utc=True)
-            for col in self.timestamp_features.get(name, []):
+        self.pending.update(n)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        yield from self._flush()
+
+    def _flush(self):
+        import pandas as pd
+
+        rows = list(self.buffer.get() or [])
+        self.buffer.clear()
+        self.pending.clear()
+        by_view: dict[str, list] = defaultdict(list)
+        for view, keys, ts, vals in rows:
+            by_view[view].append({**json.loads(keys), **json.loads(vals), "event_timestamp": ts})
+        for view, records in by_view.items():
+            df = pd.DataFrame.from_records(records)
+            df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], unit="ms", utc=True)
+            for col in self.timestamp_features.get(view, []):
                 df[col] = pd.to_datetime(df[col], unit="ms", utc=True)
-            self.store.write_to_online_store(name, df)
-        return pd.Series(1, index=view.index, dtype="int64")
-
-
-def online_write(env: dict[str, str], repo_path: str, timestamp_features: dict[str, list[str]]):
-    """The UDF, for `t_env.create_temporary_system_function`."""
-    return udf(OnlineWrite(env, repo_path, timestamp_features), result_type=DataTypes.BIGINT(), func_type="pandas")
+            self.store.write_to_online_store(view, df)
+            yield Row(view, len(df), int(df["event_timestamp"].max().value // 1_000_000), int(time.time() * 1000))
