@@ -45,13 +45,17 @@ class OnlineWriter(KeyedProcessFunction):
         self.store = FeatureStore(repo_path=self.repo_path)
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("buffer", Types.PICKLED_BYTE_ARRAY()))
         self.pending = runtime_context.get_state(ValueStateDescriptor("pending", Types.LONG()))
+        # A copy of what is buffered, per shard: at the end of a bounded input, processing-time timers
+        # no longer fire, so close() writes what is left (the keyed state still covers failures).
+        self.unflushed: dict[int, list] = defaultdict(list)
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context):
         # row: feature_view, entity_keys (JSON), window_end_ms, feature_values (JSON)
         self.buffer.add((row[0], row[1], row[2], row[3]))
+        self.unflushed[ctx.get_current_key()].append((row[0], row[1], row[2], row[3]))
         n = (self.pending.value() or 0) + 1
         if n >= self.batch_size:
-            yield from self._flush()
+            yield from self._flush(ctx.get_current_key())
             return
         if n == 1:
             ctx.timer_service().register_processing_time_timer(
@@ -60,14 +64,24 @@ class OnlineWriter(KeyedProcessFunction):
         self.pending.update(n)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
-        yield from self._flush()
+        yield from self._flush(ctx.get_current_key())
 
-    def _flush(self):
-        import pandas as pd
+    def close(self) -> None:
+        rows = [r for shard in self.unflushed.values() for r in shard]
+        self.unflushed.clear()
+        for _ in self._write(rows):
+            pass
 
+    def _flush(self, shard: int):
         rows = list(self.buffer.get() or [])
         self.buffer.clear()
         self.pending.clear()
+        self.unflushed.pop(shard, None)
+        yield from self._write(rows)
+
+    def _write(self, rows: list):
+        import pandas as pd
+
         by_view: dict[str, list] = defaultdict(list)
         for view, keys, ts, vals in rows:
             by_view[view].append({**json.loads(keys), **json.loads(vals), "event_timestamp": ts})
