@@ -34,17 +34,6 @@ class Feature:
     dtype: str  # "int64" | "float64" | "timestamp"
     sql: str  # aggregate expression over the cleaned events of one window and key
 
-    @property
-    def empty_sql(self) -> str:
-        """The value over a window with no events: counts are 0, ratios and times undefined."""
-        return (
-            "CAST(0 AS BIGINT)"
-            if self.dtype == "int64"
-            else "CAST(NULL AS DOUBLE)"
-            if self.dtype == "float64"
-            else "CAST(NULL AS TIMESTAMP(3))"
-        )
-
 
 @dataclass(frozen=True)
 class Window:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 
+from feature_repo.spec import WINDOWS
 from flywheel.settings import Settings
 
 SHAPE = {"events": 2_000_000, "users": 20_000, "items": 2_000, "categories": 24, "days": 7.0, "seed": 17}
@@ -22,16 +23,10 @@ SMALL = 50_000  # the calibration topic: same traffic, fewer events
 
 
 def _topic_size(cfg: Settings, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
+    from flywheel.events.consumer import count_topic
+    from flywheel.kafka import admin
 
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": "flywheel-bench-size"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            return 0
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
-    finally:
-        c.close()
+    return count_topic(cfg.kafka, topic) if topic in admin(cfg.kafka).list_topics(timeout=10).topics else 0
 
 
 def prefill(cfg: Settings, events: int, log=print) -> str:
@@ -81,15 +76,6 @@ def _job_options(cfg: Settings, topic: str, **overrides):
     )
 
 
-def _timed_run(label: str, fn, log) -> float:
-    log(f"  {label} ...")
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    log(f"  {label}: {seconds:.1f}s")
-    return seconds
-
-
 def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float, int | None]:
     """Wall time of one bounded embedded run: `features` (the real job, Parquet + Redis), `offline`
     (the same job without the online writer) or `passthrough`; and, for the feature job, how many
@@ -97,13 +83,14 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
     import duckdb
 
     from flink_jobs import features, passthrough
+    from flywheel.bench import _timed
     from flywheel.kafka import admin
 
     opt = _job_options(cfg, topic, online=job != "offline")
     try:
         if job == "passthrough":
-            return _timed_run(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log), None
-        seconds = _timed_run(f"feature job ({job}) on {topic}", lambda: features.run(cfg, opt), log)
+            return _timed(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log)[0], None
+        seconds, _ = _timed(f"feature job ({job}) on {topic}", lambda: features.run(cfg, opt), log)
         rows, distinct = duckdb.sql(
             f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
         ).fetchall()[0]
@@ -114,7 +101,7 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
         admin(cfg.kafka).delete_topics([opt.dlq_topic, opt.late_topic])
 
 
-WINDOWS_MS = {"1h": 300_000, "24h": 3_600_000, "7d": 3_600_000}  # slide per window (spec.WINDOWS)
+WINDOWS_MS = {name: int(w.slide.total_seconds() * 1000) for name, w in WINDOWS.items()}  # slide per window
 
 
 def naive_consumer(cfg: Settings, topic: str, events: int, log=print) -> float:
