@@ -15,15 +15,24 @@ class MissingJar(RuntimeError):
     pass
 
 
+JSON_FIELDS_CLASS = "io.flywheel.flink.JsonFields"  # flink_jobs/jvm, built by `make setup`
+
+
 def connector_jars(cfg: Settings) -> list[Path]:
     """The Kafka SQL connector, flink-sql-parquet and the shaded Hadoop client it needs, fetched by
-    `make setup` (versions: infra/jvm/pom.xml)."""
+    `make setup` (versions: infra/jvm/pom.xml), and Flywheel's own functions (flink_jobs/jvm)."""
     folder = cfg.build_dir / "jvm" / "flink"
     jars = []
-    for prefix in ("flink-sql-connector-kafka-", "flink-sql-parquet-", "hadoop-client-api-", "hadoop-client-runtime-"):
+    for prefix in (
+        "flink-sql-connector-kafka-",
+        "flink-sql-parquet-",
+        "hadoop-client-api-",
+        "hadoop-client-runtime-",
+        "flywheel-functions",
+    ):
         found = sorted(folder.glob(f"{prefix}*.jar"))
         if not found:
-            raise MissingJar(f"{prefix}*.jar not in {folder}: run `make setup` (fetches it from Maven Central).")
+            raise MissingJar(f"{prefix}*.jar not in {folder}: run `make setup` (fetches or builds it).")
         jars.append(found[-1])
     return jars
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
-from flink_jobs.common import connector_jars, with_clause
+from flink_jobs.common import JSON_FIELDS_CLASS, connector_jars, with_clause
 from flink_jobs.contract_sql import reject_reason_sql
 from flywheel.feast_store import FEATURE_REPO, feast_env
 from flywheel.settings import Settings
@@ -89,7 +89,6 @@ def source_ddl(cfg: Settings, opt: JobOptions) -> str:
     return f"""
 CREATE TABLE events_raw (
   payload STRING,
-  proc_time AS PROCTIME(),
   event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT), 3),
                          TO_TIMESTAMP_LTZ(0, 3)),
   WATERMARK FOR event_time AS event_time - {_interval(cfg.features.watermark_delay_s)}
@@ -124,18 +123,22 @@ def _checked_select() -> str:
     }
     # `position` is a reserved word in Flink SQL: the column is list_position.
     parsed = ",\n  ".join(
-        f"TRY_CAST(JSON_VALUE(payload, '$.{f.removeprefix('list_')}') AS {t}) AS {f}"
-        if t != "STRING"
-        else f"JSON_VALUE(payload, '$.{f}') AS {f}"
+        f"TRY_CAST(j['{f.removeprefix('list_')}'] AS {t}) AS {f}" if t != "STRING" else f"j['{f}'] AS {f}"
         for f, t in fields.items()
     )
+    # The payload is parsed once (JSON_FIELDS); the contract and the columns read the parsed fields.
     return f"""SELECT payload, event_time AS event_ts,
   {parsed},
-  {reject_reason_sql()} AS reject_reason,
+  {reject_reason_sql("j")} AS reject_reason,
   CURRENT_WATERMARK(event_time) AS wm
-FROM events_raw"""
+FROM events_raw, LATERAL TABLE(JSON_FIELDS(payload)) AS p(j)"""
 
 
+# Dedup by event-time window (Flink's window deduplication): an event and its copies carry the same
+# event_time, so they fall into the same one-second window, and a copy that is still on time reaches that
+# window before the watermark closes it; a copy behind the watermark went to the late topic upstream. The
+# state is therefore exactly what is needed and is dropped when the watermark passes, with no TTL (a
+# processing-time TTL would also have expired the sliding windows' state of a key silent for a while).
 CLEAN_SELECT = f"""SELECT event_id, request_id, user_id, item_id, item_category, event_type, list_position, propensity,
   event_time AS event_ts,
   CASE WHEN event_type = 'impression' THEN 1 ELSE 0 END AS is_impression,
@@ -143,11 +146,12 @@ CLEAN_SELECT = f"""SELECT event_id, request_id, user_id, item_id, item_category,
   CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END AS is_purchase,
   CASE WHEN event_type = 'impression' THEN POWER(CAST(list_position AS DOUBLE), -{EXAMINATION_ETA}) ELSE 0.0 END AS exam
 FROM (
-  SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc_time ASC) AS rn FROM events_ontime
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, event_id ORDER BY event_time ASC) AS rn
+  FROM TABLE(TUMBLE(TABLE events_ontime, DESCRIPTOR(event_time), INTERVAL '1' SECOND))
 ) WHERE rn = 1"""
 
 
-def _materialize(t_env, name: str, query: str, proc_time: bool = False) -> None:
+def _materialize(t_env, name: str, query: str) -> None:
     """Register `query` as view `name` behind a DataStream boundary (JVM only, no Python), with
     `event_time` as its rowtime and the upstream watermark.
 
@@ -158,10 +162,12 @@ def _materialize(t_env, name: str, query: str, proc_time: bool = False) -> None:
     """
     from pyflink.table import DataTypes, Schema
 
-    builder = Schema.new_builder().column_by_metadata("event_time", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
-    if proc_time:
-        builder = builder.column_by_expression("proc_time", "PROCTIME()")
-    schema = builder.watermark("event_time", "SOURCE_WATERMARK()").build()
+    schema = (
+        Schema.new_builder()
+        .column_by_metadata("event_time", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
+        .watermark("event_time", "SOURCE_WATERMARK()")
+        .build()
+    )
     stream = t_env.to_data_stream(t_env.sql_query(query))
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
@@ -179,7 +185,7 @@ def _rowtime_view(t_env, name: str, query: str, column: str) -> None:
 
 def _register_streams(t_env) -> None:
     """events_checked (every record, with its verdict), events_ontime, events_clean (deduplicated)."""
-    _materialize(t_env, "events_checked", _checked_select(), proc_time=True)
+    _materialize(t_env, "events_checked", _checked_select())
     t_env.create_temporary_view(
         "events_ontime",
         t_env.sql_query("SELECT * FROM events_checked WHERE reject_reason IS NULL AND (wm IS NULL OR event_ts > wm)"),
@@ -223,7 +229,6 @@ def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
     boundary that makes that column its event time (see `_rowtime_view`)."""
     src = f"events_{g.name}"
     keys = ", ".join(g.entities)
-    names = ", ".join(g.feature_names)
     views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None)]
     if not g.emits_changes:
         feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
@@ -238,13 +243,14 @@ def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
         return views
     # A sliding window's value changes only when a slide of events enters it or leaves it. So instead of
     # evaluating every (key, window) (a 7-day window sliding hourly: 168 per event), each key's events
-    # are summed per slide (a pane), each pane becomes two moves, "enter" at its end and "leave" one
-    # window later (zeros), and a RANGE OVER aggregation sums the panes inside the window at each move.
-    # Each pane thus costs two rows; the "leave" row also yields the explicit empty value (counts 0).
+    # are summed per slide (a pane), and each pane becomes two moves: "enter" (+sums) at its end and
+    # "leave" (-sums) one window later. A window's sums are then the running total of a key's moves: an
+    # unbounded OVER aggregation, which keeps one accumulator per key (a RANGE frame was tried first; it
+    # rescans the window's buffered panes at every move and took most of the job's CPU).
     cols = summed_columns(g)
     slide_s, size_s = int(g.window.slide.total_seconds()), int(g.window.size.total_seconds())
-    # Exact sums: DOUBLE sums that are added and retracted drift (a window emptied of position weights
-    # summed to -1e-17, not 0), so partial sums are DECIMAL(38, 18).
+    # Exact sums: DOUBLE sums that are added and subtracted drift (a window emptied of position weights
+    # summed to -1e-17, not 0), so partial sums are DECIMAL(38, 18) and an empty window sums to exactly 0.
     sums = ", ".join(f"SUM(CAST({c} AS DECIMAL(38, 18))) AS {c}" for c in cols)
     views.append(
         (
@@ -255,49 +261,40 @@ def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
             None,
         )
     )
-    zeros = ", ".join(f"{c} - {c} AS {c}" for c in cols)  # a zero of the column's own type
+    negated = ", ".join(f"-{c} AS {c}" for c in cols)
     views.append(
         (
             f"shifted_{g.name}",
             f"SELECT * FROM panes_{g.name} UNION ALL "
-            f"SELECT {keys}, {zeros}, t + {_day_to_minute(size_s)} AS t FROM panes_{g.name}",
+            f"SELECT {keys}, {negated}, t + {_day_to_minute(size_s)} AS t FROM panes_{g.name}",
             "t",
         )
     )
-    # One move per key and time: an enter and a leave at the same time would be peers in the OVER
-    # aggregations below, and LAG (which allows no ROWS frame) would compare a peer with a peer.
-    shifted_sums = ", ".join(f"SUM({c}) AS {c}" for c in cols)
+    # One move per key and time (an enter and a leave at the same time are netted), and only moves
+    # that change something: a window's value is written when it changes, not at every slide.
+    net = ", ".join(f"SUM({c}) AS {c}" for c in cols)
+    changes = " OR ".join(f"{c} <> 0" for c in cols)
     views.append(
         (
             f"moves_{g.name}",
-            f"SELECT {keys}, {shifted_sums}, window_time AS t FROM "
+            f"SELECT * FROM (SELECT {keys}, {net}, window_time AS t FROM "
             f"TABLE(TUMBLE(TABLE shifted_{g.name}, DESCRIPTOR(t), {_interval(slide_s)})) "
-            f"GROUP BY {keys}, window_start, window_end, window_time",
+            f"GROUP BY {keys}, window_start, window_end, window_time) WHERE {changes}",
             None,
         )
     )
-    over_sum = ",\n  ".join(
+    running = ",\n  ".join(
         f"CAST({SUM_OF.sub(lambda m: f'SUM({m[1]}) OVER w', f.sql)} AS {SQL_TYPES[f.dtype]}) AS {f.name}"
         for f in g.features
     )
-    # The window ending at a move's end holds the panes that ended in (end - size, end].
-    views.append(
-        (
-            f"w_{g.name}",
-            f"SELECT {keys}, {over_sum}, t FROM moves_{g.name} WINDOW w AS (PARTITION BY {keys} ORDER BY t "
-            f"RANGE BETWEEN {_day_to_minute(size_s - slide_s)} PRECEDING AND CURRENT ROW)",
-            None,
-        )
-    )
-    over = f"OVER (PARTITION BY {keys} ORDER BY t)"
-    lags = ", ".join(f"LAG({n}) {over} AS prev_{n}" for n in g.feature_names)
-    changed = " OR ".join(f"{n} IS DISTINCT FROM prev_{n}" for n in g.feature_names)
+    # The window ending at a move holds the panes that ended in (t - size, t]: every enter up to t
+    # minus every leave up to t. The value is valid from just after the move (the window end).
     views.append(
         (
             f"g_{g.name}",
-            f"SELECT {keys}, {names}, CAST(t + INTERVAL '0.001' SECOND AS TIMESTAMP(3)) AS event_timestamp FROM (\n"
-            f"  SELECT *, LAG(t) {over} AS prev_t, {lags} FROM w_{g.name}\n"
-            f") WHERE prev_t IS NULL OR {changed}",
+            f"SELECT {keys}, {running}, CAST(t + INTERVAL '0.001' SECOND AS TIMESTAMP(3)) AS event_timestamp "
+            f"FROM moves_{g.name} WINDOW w AS (PARTITION BY {keys} ORDER BY t "
+            f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
             None,
         )
     )
@@ -398,9 +395,11 @@ def environment(cfg: Settings, opt: JobOptions):
         # Not for replays of a backlog: a partition the reader is merely slow to get to would be marked
         # idle, the watermark would jump to the fastest partition, and its events would all turn late.
         tc.set("table.exec.source.idle-timeout", f"{cfg.features.idle_timeout_s} s")
-    # Bounds the dedup state. It also bounds the change filter's memory of a key's last value: after an
-    # hour of silence a key's next window is written even if unchanged (harmless, idempotent).
-    tc.set("table.exec.state.ttl", f"{cfg.features.dedup_horizon_s} s")
+    # Keyed state is small (open panes and dedup windows, one running sum per key), and the heap backend
+    # beat RocksDB here (whose (de)serialization and compactions took a third of the CPU). RocksDB, with
+    # incremental checkpoints, is the choice when the keys outgrow the heap.
+    tc.set("state.backend.type", cfg.features.state_backend)
+    tc.set("execution.checkpointing.incremental", str(cfg.features.state_backend == "rocksdb").lower())
     tc.set("execution.checkpointing.dir", (cfg.var_dir / "flink" / "checkpoints").as_uri())
     tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     # Aligned checkpoints: unaligned ones were tried and persisted the in-flight window output (150 MB
@@ -412,6 +411,9 @@ def environment(cfg: Settings, opt: JobOptions):
     tc.set("execution.checkpointing.timeout", "30 min")
     tc.set("execution.checkpointing.tolerable-failed-checkpoints", "10")
     tc.set("python.fn-execution.bundle.time", "100")
+    # Chained operators hand records on without a defensive copy (the SQL operators do not keep
+    # references to their input; the online writer serializes what it buffers).
+    tc.set("pipeline.object-reuse", "true")
     return env, t_env
 
 
@@ -422,6 +424,7 @@ def build(cfg: Settings, opt: JobOptions):
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
     t_env.execute_sql(source_ddl(cfg, opt))
+    t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION JSON_FIELDS AS '{JSON_FIELDS_CLASS}' LANGUAGE JAVA")
     _register_streams(t_env)
     t_env.execute_sql(_kafka_sink(cfg, "dead_letters", opt.dlq_topic, "reason STRING, payload STRING", opt))
     t_env.execute_sql(

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -127,8 +127,8 @@ class FeatureJobSettings(_Model):
     group_id: str
     watermark_delay_s: int
     idle_timeout_s: int
-    dedup_horizon_s: int
     checkpoint_interval_ms: int
+    state_backend: Literal["rocksdb", "hashmap"]
     online_batch_size: int
     online_flush_ms: int
 
