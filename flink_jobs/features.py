@@ -15,6 +15,7 @@ the cluster (`flywheel flink submit`).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import zlib
@@ -497,9 +498,10 @@ def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: l
         cfg.features.online_batch_size,
         cfg.features.online_flush_ms,
     )
+    shards = _shard_keys(n)
     audit = (
         t_env.to_data_stream(online)
-        .key_by(lambda r: zlib.crc32(r[1].encode()) % n, key_type=Types.INT())
+        .key_by(lambda r: shards[zlib.crc32(r[1].encode()) % n], key_type=Types.INT())
         .process(writer, output_type=AUDIT_ROW)
         .name("feast-online-writer")
     )
@@ -511,9 +513,30 @@ def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: l
     stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
 
 
+def _shard_keys(n: int, max_parallelism: int = 128) -> list[int]:
+    """One key per writer subtask, chosen so that key i lands on subtask i. Keys 0..n-1 do not: PyFlink
+    keys by a one-field Row, Flink hashes that into key groups, and both 0 and 1 went to the first of
+    two subtasks (one writer did all the work). 128 is Flink's default max parallelism at this size."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    assign = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment.assignKeyToParallelOperator
+    keys: dict[int, int] = {}
+    k = 0
+    while len(keys) < n:
+        key = jvm.org.apache.flink.types.Row.withPositions(1)  # what PyFlink's KeyByKeySelector returns
+        key.setField(0, k)
+        keys.setdefault(assign(key, max_parallelism, n), k)
+        k += 1
+    return [keys[i] for i in range(n)]
+
+
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):
     """Entry function. Embedded unless the environment was created for a remote cluster."""
     opt = opt or options(cfg)
+    # Embedded, PyFlink runs Python operators in this process ("loopback"), so both online-writer
+    # subtasks share one GIL; worker processes of their own let them use both cores.
+    os.environ.setdefault("_python_worker_execution_mode", "process")
     env, stmts = build(cfg, opt)
     stmts.attach_as_datastream()
     if wait:

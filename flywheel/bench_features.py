@@ -11,6 +11,7 @@ of input. So each Flink job also runs on a small topic of the same traffic, and 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -87,6 +88,8 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
     from flywheel.kafka import admin
 
     opt = _job_options(cfg, topic, online=job != "offline")
+    stop = threading.Event()
+    threading.Thread(target=_progress, args=(cfg, opt.group_id, stop, log), daemon=True).start()
     try:
         if job == "passthrough":
             return _timed(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log)[0], None
@@ -97,8 +100,21 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
         log(f"  event log: {rows:,} rows, {distinct:,} distinct event_ids")
         return seconds, rows - distinct
     finally:
+        stop.set()
         shutil.rmtree(opt.offline_dir, ignore_errors=True)
         admin(cfg.kafka).delete_topics([opt.dlq_topic, opt.late_topic])
+
+
+def _progress(cfg: Settings, group_id: str, stop: threading.Event, log, every_s: float = 30) -> None:
+    """Log the job's committed offsets every `every_s` (they advance with each checkpoint)."""
+    from flywheel.kafka import committed_offsets
+
+    t0 = time.monotonic()
+    while not stop.wait(every_s):
+        try:
+            log(f"    {time.monotonic() - t0:4.0f}s: {committed_offsets(cfg.kafka, group_id):,} events committed")
+        except Exception as e:  # noqa: BLE001 — progress is best effort; the run itself reports failures
+            log(f"    progress unavailable: {e}")
 
 
 WINDOWS_MS = {name: int(w.slide.total_seconds() * 1000) for name, w in WINDOWS.items()}  # slide per window
@@ -151,9 +167,11 @@ def naive_consumer(cfg: Settings, topic: str, events: int, log=print) -> float:
     return seen / seconds
 
 
-def freshness(cfg: Settings, log=print, rate: int = 10_000, lead_s: int = 60, tail_s: int = 120) -> dict:
-    """Event time = wall clock at a steady `rate`. For every user and item with events in the 5 minutes
-    before a slide boundary W, the time from W + watermark delay (the earliest moment its 1-hour window
+def freshness(
+    cfg: Settings, log=print, rate: int = 10_000, lead_s: int = 60, tail_s: int = 120, sample: int = 500
+) -> dict:
+    """Event time = wall clock at a steady `rate`. For `sample` users and items with events in the 5
+    minutes before a slide boundary W, the time from W + watermark delay (the earliest moment its 1-hour window
     value can be final) until the Feast SDK returns a value stamped W from Redis."""
     import math
     from datetime import UTC, datetime
@@ -186,8 +204,12 @@ def freshness(cfg: Settings, log=print, rate: int = 10_000, lead_s: int = 60, ta
     parsed = [orjson.loads(v) for v in sim.values]
     order = np.argsort([e["event_time"] for e in parsed], kind="stable")
     pane = [e for e in parsed if (boundary - slide) * 1000 <= e["event_time"] < boundary * 1000]
-    users = sorted({e["user_id"] for e in pane if e["event_type"] == "impression"})
-    items = sorted({e["item_id"] for e in pane if e["event_type"] == "impression"})
+    # A sample of the keys: one Feast read of every key would take longer than the latencies it measures.
+    rng = np.random.default_rng(0)
+    users, items = (
+        sorted(rng.permutation(sorted({e[k] for e in pane if e["event_type"] == "impression"}))[:sample].tolist())
+        for k in ("user_id", "item_id")
+    )
     topic = f"flywheel.bench.live-{uuid.uuid4().hex[:8]}"
     opt = _job_options(cfg, topic, bounded=False)
     ensure_topics(cfg.kafka, [topic, opt.dlq_topic, opt.late_topic])
@@ -265,10 +287,9 @@ def run(cfg: Settings, log=print) -> dict:
         flink_events_per_s_incl_startup=round(n / wall["features"]["big"]),
         flink_vs_passthrough=round(sustained("features") / sustained("passthrough"), 3),
     )
-    # Freshness at 10k events/s only means something if the job sustains that; otherwise the backlog
-    # (and the delay) grows without bound, so it is measured at 70% of what the job sustains.
-    rate = 10_000 if sustained("features") >= 12_000 else int(round(0.7 * sustained("features"), -2))
-    keep(**freshness(cfg, log, rate=max(rate, 100)))
+    # At the issue's rate (10k events/s) even if the job sustains less on a replay: live, event time
+    # advances at wall-clock speed, so each key emits once per slide instead of once per event.
+    keep(**freshness(cfg, log))
     _chart(cfg, figures)
     return figures
 

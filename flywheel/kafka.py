@@ -67,3 +67,13 @@ def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
     if todo:
         for fut in client.delete_topics(todo, operation_timeout=30).values():
             fut.result(timeout=30)
+
+
+def committed_offsets(kafka: KafkaSettings, group_id: str) -> int:
+    """How many records a consumer group has committed over all its partitions (Flink's Kafka source
+    commits on checkpoint): a job's progress, seen from outside."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    client = admin(kafka)  # kept alive until the futures resolve (a dropped client never answers)
+    futures = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id)])
+    return sum(tp.offset for f in futures.values() for tp in f.result(timeout=10).topic_partitions if tp.offset >= 0)
