@@ -64,8 +64,7 @@ def _job_options(cfg: Settings, topic: str, **overrides):
     from flink_jobs import features
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
-    return features.options(
-        cfg,
+    given = dict(
         topic=topic,
         dlq_topic=f"{run}-dlq",
         late_topic=f"{run}-late",
@@ -73,8 +72,8 @@ def _job_options(cfg: Settings, topic: str, **overrides):
         bounded=True,
         offline_dir=cfg.var_dir / "bench" / "offline" / run,
         job_name=run,
-        **overrides,
     )
+    return features.options(cfg, **{**given, **overrides})
 
 
 def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float, int | None]:
@@ -188,7 +187,7 @@ def freshness(
     slide = WINDOWS_MS["1h"] // 1000
     delay = cfg.features.watermark_delay_s
     span = lead_s + tail_s
-    boundary = math.ceil((time.time() + 240) / slide) * slide  # after generating data and starting the job
+    boundary = math.ceil((time.time() + 120) / slide) * slide  # after generating data and starting the job
     log(f"freshness: {rate:,} events/s from W-{lead_s}s to W+{tail_s}s, W = {datetime.fromtimestamp(boundary, UTC)}")
     sim = simulate(
         SimConfig(
