@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -481,30 +482,14 @@ def build(cfg: Settings, opt: JobOptions):
     return env, stmts
 
 
-MAX_PARALLELISM = 128  # the online writer's key groups (Flink's default below parallelism 86)
-
-
 def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: list[str]) -> None:
     from pyflink.common import Types
-    from pyflink.datastream.data_stream import DataStream, KeyedStream
-    from pyflink.java_gateway import get_gateway
 
-    from flink_jobs.online_writer import AUDIT_ROW, VALUE_ROW, OnlineWriter
+    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
 
-    # One stream of (view, keys, ts, values) for every group, reduced in the JVM to each key's latest
-    # value per watermark step and keyed by a shard of the entity keys (flink_jobs/jvm OnlineRows).
-    jvm = get_gateway().jvm
-    rows = t_env.to_data_stream(t_env.sql_query("\nUNION ALL\n".join(online_parts)))._j_data_stream
-    latest = rows.transform(
-        "latest-online-rows",
-        Types.ROW([Types.INT(), VALUE_ROW]).get_java_type_info(),
-        jvm.io.flywheel.flink.OnlineRows(opt.parallelism, MAX_PARALLELISM),
-    )
-    keyed = KeyedStream(
-        latest.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info()),
-        VALUE_ROW,
-        DataStream(latest),
-    )
+    # Online: one stream of (view, keys, ts, values) for every group, sharded for batching.
+    online = t_env.sql_query("\nUNION ALL\n".join(online_parts))
+    n = opt.parallelism
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     writer = OnlineWriter(
         feast_env(cfg),
@@ -513,14 +498,37 @@ def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: l
         cfg.features.online_batch_size,
         cfg.features.online_flush_ms,
     )
-    audit = keyed.process(writer, output_type=AUDIT_ROW).name("feast-online-writer")
-    audit.set_max_parallelism(MAX_PARALLELISM)  # what OnlineRows chose its shard keys for
+    shards = _shard_keys(n)
+    audit = (
+        t_env.to_data_stream(online)
+        .key_by(lambda r: shards[zlib.crc32(r[1].encode()) % n], key_type=Types.INT())
+        .process(writer, output_type=AUDIT_ROW)
+        .name("feast-online-writer")
+    )
     t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
     t_env.execute_sql(
         "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "
         "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
     )
     stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
+
+
+def _shard_keys(n: int, max_parallelism: int = 128) -> list[int]:
+    """One key per writer subtask, chosen so that key i lands on subtask i. Keys 0..n-1 do not: PyFlink
+    keys by a one-field Row, Flink hashes that into key groups, and both 0 and 1 went to the first of
+    two subtasks (one writer did all the work). 128 is Flink's default max parallelism at this size."""
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    assign = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment.assignKeyToParallelOperator
+    keys: dict[int, int] = {}
+    k = 0
+    while len(keys) < n:
+        key = jvm.org.apache.flink.types.Row.withPositions(1)  # what PyFlink's KeyByKeySelector returns
+        key.setField(0, k)
+        keys.setdefault(assign(key, max_parallelism, n), k)
+        k += 1
+    return [keys[i] for i in range(n)]
 
 
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):

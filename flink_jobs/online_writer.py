@@ -17,8 +17,6 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-# What the writer receives: feature_view, entity_keys (JSON), window_end_ms, feature_values (JSON).
-VALUE_ROW = Types.ROW([Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()])
 AUDIT_ROW = Types.ROW_NAMED(
     ["feature_view", "rows_written", "max_window_end_ms", "written_at_ms"],
     [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],
