@@ -100,24 +100,19 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
         return seconds, rows - distinct
     finally:
         stop.set()
-        _clean_up(cfg, opt)
+        _clean_up(cfg, opt, log=log)
 
 
-def _clean_up(cfg: Settings, opt, *topics: str) -> None:
+def _clean_up(cfg: Settings, opt, *topics: str, log=print) -> None:
     """A run leaves nothing behind: its Parquet, its topics and its consumer group."""
-    from flywheel.kafka import admin
+    from flywheel.kafka import admin, delete_topics
 
     shutil.rmtree(opt.offline_dir, ignore_errors=True)
-    client = admin(cfg.kafka)
-    futures = [
-        *client.delete_topics([*topics, opt.dlq_topic, opt.late_topic]).values(),
-        *client.delete_consumer_groups([opt.group_id]).values(),
-    ]
-    for f in futures:
-        try:
-            f.result(timeout=30)
-        except Exception as e:  # noqa: BLE001 — a leftover topic or group is not worth failing a benchmark
-            print(f"  clean-up: {e}")
+    try:
+        delete_topics(cfg.kafka, [*topics, opt.dlq_topic, opt.late_topic])
+        admin(cfg.kafka).delete_consumer_groups([opt.group_id])[opt.group_id].result(timeout=30)
+    except Exception as e:  # noqa: BLE001 — a leftover topic or group is not worth failing a benchmark
+        log(f"  clean-up: {e}")
 
 
 def _progress(cfg: Settings, group_id: str, stop: threading.Event, log, every_s: float = 30) -> None:
@@ -258,7 +253,7 @@ def freshness(
         log(f"  sent {sent:,} events; {len(seen):,}/{len(users) + len(items):,} values seen")
     finally:
         job.cancel().result()
-        _clean_up(cfg, opt, topic)
+        _clean_up(cfg, opt, topic, log=log)
     lat = np.array(sorted(seen.values()))
     return {
         "freshness_p50_s": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
