@@ -100,6 +100,11 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
         time.sleep(0.5)
     flink = Flink(cfg)
     os.kill(flink.tm_proc.pid(), signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: until the process is gone, `up()` still sees it running.
+    deadline = time.monotonic() + 30
+    while flink.tm_proc.pid() is not None:
+        assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
+        time.sleep(0.05)
     assert flink.up() == "taskmanager restarted"
     assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=900) == "FINISHED"
     assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
