@@ -4,10 +4,12 @@
        (watermark at source)    └─► valid ─► behind the watermark? ─────► late-events topic
                                                └─► on time ─► dedup(event_id) ─► one windowed aggregation
                                                    per feature group (spec.py) ─► Parquet (committed on
-                                                   checkpoint) and ─► OnlineWriter ─► Feast ─► Redis
+                                                   checkpoint) and ─► OnlineBatches (JVM: each key's latest
+                                                   value) ─► OnlineWriter ─► Feast ─► Redis
 
-Everything but the online write runs in Flink SQL (JVM). Checkpoints are EXACTLY_ONCE; Kafka offsets
-are restored from them; the file sink and the transactional Kafka sinks commit on checkpoint.
+Everything but the online write runs in the JVM (Flink SQL, and flink_jobs/jvm). Checkpoints are
+EXACTLY_ONCE; Kafka offsets are restored from them; the file sink and the transactional Kafka sinks
+commit on checkpoint.
 
 Entry function: `run(cfg, ...)`, embedded (a local mini-cluster, used by `make demo` and tests) or on
 the cluster (`flywheel flink submit`).
@@ -18,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -483,52 +484,29 @@ def build(cfg: Settings, opt: JobOptions):
 
 
 def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: list[str]) -> None:
-    from pyflink.common import Types
+    from pyflink.datastream.data_stream import DataStream
+    from pyflink.java_gateway import get_gateway
 
-    from flink_jobs.online_writer import AUDIT_ROW, OnlineWriter
+    from flink_jobs.online_writer import AUDIT_ROW, BATCH_ROW, OnlineWriter
 
-    # Online: one stream of (view, keys, ts, values) for every group, sharded for batching.
-    online = t_env.sql_query("\nUNION ALL\n".join(online_parts))
-    n = opt.parallelism
+    # One stream of (view, keys, ts, values) for every group, reduced in the JVM to batches of each
+    # key's latest value (flink_jobs/jvm OnlineBatches); Python only writes them.
+    jvm = get_gateway().jvm
+    rows = t_env.to_data_stream(t_env.sql_query("\nUNION ALL\n".join(online_parts)))._j_data_stream
+    batches = rows.transform(
+        "latest-online-values",
+        BATCH_ROW.get_java_type_info(),
+        jvm.io.flywheel.flink.OnlineBatches(cfg.features.online_batch_size, cfg.features.online_live_lag_s * 1000),
+    )
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
-    writer = OnlineWriter(
-        feast_env(cfg),
-        str(FEATURE_REPO),
-        timestamp_features,
-        cfg.features.online_batch_size,
-        cfg.features.online_flush_ms,
-    )
-    shards = _shard_keys(n)
-    audit = (
-        t_env.to_data_stream(online)
-        .key_by(lambda r: shards[zlib.crc32(r[1].encode()) % n], key_type=Types.INT())
-        .process(writer, output_type=AUDIT_ROW)
-        .name("feast-online-writer")
-    )
+    writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
+    audit = DataStream(batches).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
     t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
     t_env.execute_sql(
         "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "
         "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
     )
     stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
-
-
-def _shard_keys(n: int, max_parallelism: int = 128) -> list[int]:
-    """One key per writer subtask, chosen so that key i lands on subtask i. Keys 0..n-1 do not: PyFlink
-    keys by a one-field Row, Flink hashes that into key groups, and both 0 and 1 went to the first of
-    two subtasks (one writer did all the work). 128 is Flink's default max parallelism at this size."""
-    from pyflink.java_gateway import get_gateway
-
-    jvm = get_gateway().jvm
-    assign = jvm.org.apache.flink.runtime.state.KeyGroupRangeAssignment.assignKeyToParallelOperator
-    keys: dict[int, int] = {}
-    k = 0
-    while len(keys) < n:
-        key = jvm.org.apache.flink.types.Row.withPositions(1)  # what PyFlink's KeyByKeySelector returns
-        key.setField(0, k)
-        keys.setdefault(assign(key, max_parallelism, n), k)
-        k += 1
-    return [keys[i] for i in range(n)]
 
 
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):

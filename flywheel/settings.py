@@ -130,7 +130,7 @@ class FeatureJobSettings(_Model):
     checkpoint_interval_ms: int
     state_backend: Literal["rocksdb", "hashmap"]
     online_batch_size: int
-    online_flush_ms: int
+    online_live_lag_s: int
 
 
 class LabelSettings(_Model):
