@@ -37,6 +37,12 @@ class OnlineWriter(MapFunction):
         from feast import FeatureStore
 
         self.store = FeatureStore(repo_path=self.repo_path)
+        missing = sorted(set(self.timestamp_features) - {fv.name for fv in self.store.list_feature_views()})
+        if missing:
+            raise RuntimeError(
+                f"feature views {missing} are not in the Feast registry of {self.repo_path}: "
+                "run `flywheel features apply` first"
+            )
 
     def map(self, batch: Row) -> Row:
         import pandas as pd

@@ -178,7 +178,13 @@ def naive_consumer(cfg: Settings, topic: str, events: int, log=print) -> float:
 
 
 def freshness(
-    cfg: Settings, log=print, rate: int = 10_000, lead_s: int = 60, tail_s: int = 120, sample: int = 500
+    cfg: Settings,
+    log=print,
+    rate: int = 10_000,
+    lead_s: int = 60,
+    tail_s: int = 120,
+    sample: int = 500,
+    poll_s: float = 0.25,
 ) -> dict:
     """Event time = wall clock at a steady `rate`. For `sample` users and items with events in the 5
     minutes before a slide boundary W, the time from W + watermark delay (the earliest moment its 1-hour window
@@ -190,7 +196,6 @@ def freshness(
 
     from flink_jobs import features
     from flywheel import feast_store
-    from flywheel.events.producer import EventProducer
     from flywheel.events.simulator import SimConfig, simulate
     from flywheel.kafka import ensure_topics
 
@@ -221,37 +226,36 @@ def freshness(
     store = feast_store.store(cfg)
     job = features.run(cfg, opt, wait=False)
     seen: dict[tuple[str, str], float] = {}
+    stop = threading.Event()
+    sent = _Sender(cfg, topic, sim, stop)
     try:
-        with EventProducer(cfg.kafka, topic, validate_events=False) as producer:
-            sent, i, polling = 0, 0, False
-            # Each record goes out when the wall clock reaches its arrival time (the simulator's; with
-            # no faults configured, its event time), so event time follows the wall clock.
-            arrival, n = sim.arrival_ms, len(sim.values)
-            while i < n or len(seen) < len(users) + len(items):
-                now = time.time()
-                while i < n and arrival[i] <= now * 1000:
-                    producer.send_raw(sim.values[i], sim.keys[i])
-                    i, sent = i + 1, sent + 1
-                if now >= boundary + delay:
-                    polling = True
-                    for view, key, keys in (("user_stats_1h", "user_id", users), ("item_stats_1h", "item_id", items)):
-                        pending = [k for k in keys if (view, k) not in seen]
-                        if not pending:
-                            continue
-                        feature = f"{key.split('_')[0]}_impressions_1h"
-                        resp = store.get_online_features(
-                            features=[f"{view}:{feature}"], entity_rows=[{key: k} for k in pending]
-                        ).to_dict(include_event_timestamps=True)
-                        stamps = resp[f"{feature}__ts"]  # the entity column has a `__ts` too (always 0)
-                        t_seen = time.time()
-                        for k, ts in zip(pending, stamps, strict=True):
-                            if ts >= boundary:
-                                seen[(view, k)] = t_seen - (boundary + delay)
-                if i >= n and polling and now > boundary + tail_s + 60:
-                    break  # out of events and a minute more: whatever is still missing stays missing
-                time.sleep(0.05)
-        log(f"  sent {sent:,} events; {len(seen):,}/{len(users) + len(items):,} values seen")
+        sent.start()
+        # The poller paces itself (poll_s between rounds): a tight loop of Feast reads took a core of
+        # the two the job, Kafka and Redis share, and measured its own interference.
+        while time.time() < boundary + delay:
+            time.sleep(0.05)
+        deadline = boundary + tail_s + 60  # whatever is still missing then stays missing
+        while len(seen) < len(users) + len(items) and time.time() < deadline:
+            t_round = time.time()
+            for view, key, keys in (("user_stats_1h", "user_id", users), ("item_stats_1h", "item_id", items)):
+                pending = [k for k in keys if (view, k) not in seen]
+                if not pending:
+                    continue
+                feature = f"{key.split('_')[0]}_impressions_1h"
+                resp = store.get_online_features(
+                    features=[f"{view}:{feature}"], entity_rows=[{key: k} for k in pending]
+                ).to_dict(include_event_timestamps=True)
+                stamps = resp[f"{feature}__ts"]  # the entity column has a `__ts` too (always 0)
+                t_seen = time.time()
+                for k, ts in zip(pending, stamps, strict=True):
+                    if ts >= boundary:
+                        seen[(view, k)] = t_seen - (boundary + delay)
+            time.sleep(max(0.0, poll_s - (time.time() - t_round)))
+        stop.set()
+        sent.join()
+        log(f"  sent {sent.count:,} events; {len(seen):,}/{len(users) + len(items):,} values seen")
     finally:
+        stop.set()
         job.cancel().result()
         _clean_up(cfg, opt, topic, log=log)
     lat = np.array(sorted(seen.values()))
@@ -262,6 +266,29 @@ def freshness(
         "freshness_missed": len(users) + len(items) - len(lat),
         "freshness_rate_events_per_s": rate,
     }
+
+
+class _Sender(threading.Thread):
+    """Sends each record when the wall clock reaches its arrival time (the simulator's; with no faults
+    configured, its event time), so event time follows the wall clock. A thread of its own: sending
+    must not wait for the poller's reads, or the watermark stalls while it reads."""
+
+    def __init__(self, cfg: Settings, topic: str, sim, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.cfg, self.topic, self.sim, self.stop = cfg, topic, sim, stop
+        self.count = 0
+
+    def run(self) -> None:
+        from flywheel.events.producer import EventProducer
+
+        arrival, n = self.sim.arrival_ms, len(self.sim.values)
+        with EventProducer(self.cfg.kafka, self.topic, validate_events=False) as producer:
+            while self.count < n and not self.stop.is_set():
+                now_ms = time.time() * 1000
+                while self.count < n and arrival[self.count] <= now_ms:
+                    producer.send_raw(self.sim.values[self.count], self.sim.keys[self.count])
+                    self.count += 1
+                time.sleep(0.01)
 
 
 def _pane_keys(values: list[bytes], lo_ms: int, hi_ms: int) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import duckdb
+import orjson
 import pytest
 
 from feature_repo.spec import GROUPS, group
@@ -15,6 +16,8 @@ from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel import feast_store
 from flywheel.cli import write_records
+from flywheel.events.consumer import read_topic
+from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.flink_cluster import (
     cancel,
@@ -102,7 +105,9 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
         assert time.monotonic() < deadline, "fewer than 2 completed checkpoints after 300 s"
         time.sleep(0.5)
     flink = Flink(cfg)
-    os.kill(flink.tm_proc.pid(), signal.SIGKILL)
+    # The TaskManager with its Python workers (its process group), as when its machine dies: a worker
+    # left behind would outlive the test.
+    os.killpg(flink.tm_proc.pid(), signal.SIGKILL)
     # SIGKILL is delivered asynchronously: until the process is gone, `up()` still sees it running.
     deadline = time.monotonic() + 30
     while flink.tm_proc.pid() is not None:
@@ -160,13 +165,21 @@ def _all_rows(opt) -> dict[str, list]:
 
 def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
     """The same events through one uninterrupted run and through a run stopped with a savepoint halfway
-    and resumed from it: identical Parquet rows in every view and in the event log."""
+    and resumed from it: identical Parquet rows in every view and in the event log.
+
+    The second half starts with late events (hours behind the watermark). The resumed job reads them
+    first, before its source has a watermark again: they must still go to the late topic, as they do
+    in the uninterrupted run (flink_jobs/jvm WatermarkFloor), not be dropped by the restored windows."""
+    feast_store.apply(cfg)  # the online writer needs the feature views registered (when this test runs alone)
     sim = simulate(
         SimConfig(events=8_000, users=200, items=80, categories=5, days=1.0, seed=21,
                   faults=Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01))
     )  # fmt: skip
     end_ms = int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000  # 10 days after the last event
     half = len(sim.values) // 2
+    late = [(k, v) for k, v in zip(sim.keys[:200], sim.values[:200], strict=True) if parse(v)[1] is None][:20]
+    late_keys = [k for k, _ in late]
+    late_values = [orjson.dumps({**orjson.loads(v), "event_id": f"late-{i}"}) for i, (_, v) in enumerate(late)]
     runs = []
     for interrupted in (False, True):
         name = f"sp-{uuid.uuid4().hex[:8]}"
@@ -178,19 +191,21 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         args = _args(opt)[1:]  # unbounded
         write_records(cfg, sim.keys[:half], sim.values[:half], name)
         job_id = submit(cfg, args)
+        deadline = time.monotonic() + 300
+        while completed_checkpoints(cfg, job_id) < 2:  # a checkpoint after the first half was read
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        savepoint = stop_with_savepoint(cfg, job_id) if interrupted else None
+        write_records(cfg, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
         if interrupted:
-            deadline = time.monotonic() + 300
-            while completed_checkpoints(cfg, job_id) < 2:  # a checkpoint after the first half was read
-                assert time.monotonic() < deadline
-                time.sleep(1)
-            savepoint = stop_with_savepoint(cfg, job_id)
-            write_records(cfg, sim.keys[half:], sim.values[half:], name)
             job_id = submit(cfg, args, savepoint=savepoint)
-        else:
-            write_records(cfg, sim.keys[half:], sim.values[half:], name)
         _markers(cfg, name, end_ms)
-        _caught_up(cfg, opt, len(sim.values))
+        _caught_up(cfg, opt, len(sim.values) + len(late))
         cancel(cfg, job_id)
+        late_ids = {
+            orjson.loads(orjson.loads(v)["payload"])["event_id"] for _, v in read_topic(cfg.kafka, opt.late_topic)
+        }
+        assert {f"late-{i}" for i in range(len(late))} <= late_ids, "a late event was not sent to the late topic"
         runs.append(_all_rows(opt))
     uninterrupted, resumed = runs
     for view, rows in uninterrupted.items():
