@@ -15,8 +15,11 @@ def admin(kafka: KafkaSettings) -> AdminClient:
 
 
 def broker_ready(kafka: KafkaSettings, timeout_s: float = 3.0) -> bool:
+    """A broker answers and every partition has a leader: after a restart the broker answers before it
+    has taken its partitions back, and a client that is quicker gets NOT_LEADER_FOR_PARTITION."""
     md = admin(kafka).list_topics(timeout=timeout_s)
-    return len(md.brokers) > 0
+    partitions = [p for t in md.topics.values() for p in t.partitions.values()]
+    return len(md.brokers) > 0 and all(p.leader >= 0 and p.error is None for p in partitions)
 
 
 def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None, partitions: int | None = None) -> list[str]:

@@ -10,15 +10,26 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from flywheel.settings import KafkaSettings
 
+LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 
-def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
-    """partition -> (low, high) watermark offsets."""
+
+def end_offsets(kafka: KafkaSettings, topic: str, retry_s: float = 30.0) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermark offsets. Retriable errors (a partition whose leader is still
+    being elected after a broker restart) are retried for up to `retry_s`."""
     c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "flywheel-offsets", "log_level": 3})
+    deadline = time.monotonic() + retry_s
     try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        if md.error is not None:
-            raise KafkaException(md.error)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
+        while True:
+            try:
+                md = c.list_topics(topic, timeout=10).topics[topic]
+                if md.error is not None:
+                    raise KafkaException(md.error)
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in LEADERLESS) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
