@@ -86,6 +86,15 @@ def test_submitted_job_runs_on_the_cluster_and_reconciles(cfg):
     assert features.committed_parquet(opt.offline_dir, "user_stats_24h")
 
 
+def _second_checkpoint(cfg, job_id: str, timeout_s: float = 300) -> None:
+    """Until the job has completed 2 checkpoints: the second one starts after what was already in the
+    topic at submission was read."""
+    deadline = time.monotonic() + timeout_s
+    while completed_checkpoints(cfg, job_id) < 2:
+        assert time.monotonic() < deadline, f"fewer than 2 completed checkpoints after {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
 def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     """SIGKILL the TaskManager of a running job after a completed checkpoint and start a new one: the job
     restores from the checkpoint and goes on. Parquet then has no duplicate and no missing value against
@@ -100,10 +109,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     world = SimConfig(events=40_000, users=400, items=150, categories=6, days=1.5, seed=9, faults=faults)
     opt, sim = _prepare(cfg, world, first=20_000)
     job_id = submit(cfg, _args(opt)[1:])  # unbounded
-    deadline = time.monotonic() + 300
-    while completed_checkpoints(cfg, job_id) < 2:  # the second one starts after the first half was read
-        assert time.monotonic() < deadline, "fewer than 2 completed checkpoints after 300 s"
-        time.sleep(0.5)
+    _second_checkpoint(cfg, job_id)
     flink = Flink(cfg)
     # The TaskManager with its Python workers (its process group), as when its machine dies: a worker
     # left behind would outlive the test.
@@ -191,10 +197,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         args = _args(opt)[1:]  # unbounded
         write_records(cfg, sim.keys[:half], sim.values[:half], name)
         job_id = submit(cfg, args)
-        deadline = time.monotonic() + 300
-        while completed_checkpoints(cfg, job_id) < 2:  # a checkpoint after the first half was read
-            assert time.monotonic() < deadline
-            time.sleep(1)
+        _second_checkpoint(cfg, job_id)
         savepoint = stop_with_savepoint(cfg, job_id) if interrupted else None
         write_records(cfg, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
         if interrupted:

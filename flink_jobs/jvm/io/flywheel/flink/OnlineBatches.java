@@ -81,6 +81,9 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
     }
 
     private void emit() {
+        if (latest.isEmpty()) {
+            return; // live, most watermark steps fire no window
+        }
         Map<String, List<Row>> byView = new HashMap<>();
         for (Row row : latest.values()) {
             byView.computeIfAbsent((String) row.getField(0), v -> new ArrayList<>()).add(row);
