@@ -13,7 +13,9 @@ test: setup
 test-unit: setup
 	.venv/bin/pytest -q tests/unit
 
-bench: setup
+# The feature benchmark's stretch figure runs Feast's Spark processor: pyspark comes with the bench.
+bench:
+	@SETUP_GROUPS=spark bash infra/setup.sh
 	.venv/bin/flywheel bench trainset
 	.venv/bin/flywheel infra up -s kafka,redis
 	.venv/bin/flywheel bench features

@@ -33,8 +33,11 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 # 4. Python environment, exactly as locked (torch's CUDA wheels stay in uv's cache between runs).
-say "python environment from uv.lock"
-uv sync --frozen --python "$PYTHON" --quiet
+#    SETUP_GROUPS adds optional dependency groups (`make bench`: spark); a plain setup removes them again.
+say "python environment from uv.lock${SETUP_GROUPS:+ (+ ${SETUP_GROUPS})}"
+groups=()
+for g in ${SETUP_GROUPS:-}; do groups+=(--group "$g"); done
+uv sync --frozen --python "$PYTHON" --quiet "${groups[@]}"
 
 # 5. JVM artifacts; re-fetched only when the pom changes.
 stamp=build/jvm/.pom.sha256
