@@ -523,7 +523,11 @@ def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: l
     batches = rows.transform(
         "latest-online-values",
         BATCH_ROW.get_java_type_info(),
-        jvm.io.flywheel.flink.OnlineBatches(cfg.features.online_batch_size, cfg.features.online_live_lag_s * 1000),
+        jvm.io.flywheel.flink.OnlineBatches(
+            cfg.features.online_batch_size,
+            cfg.features.online_live_lag_s * 1000,
+            cfg.features.online_catchup_flush_s * 1000,
+        ),
     )
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)

@@ -131,6 +131,7 @@ class FeatureJobSettings(_Model):
     state_backend: Literal["rocksdb", "hashmap"]
     online_batch_size: int
     online_live_lag_s: int
+    online_catchup_flush_s: int
 
 
 class LabelSettings(_Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter
 
 import duckdb
@@ -73,6 +74,8 @@ def reference(events: pd.DataFrame, name: str) -> object:
 def same(a, b) -> bool:
     if a is None or (isinstance(a, float) and math.isnan(a)):
         return b is None or (isinstance(b, float) and math.isnan(b)) or b is pd.NaT
+    if b is None or b is pd.NaT:
+        return False
     if isinstance(b, pd.Timestamp):
         return int(b.value // 1_000_000) == int(a)
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
@@ -117,6 +120,19 @@ def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None
 
 def _utc(ts: pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def await_online_matches_offline(cfg, opt, timeout_s: float = 120) -> None:
+    """For a running job: Redis converges to the offline rows. While catching up, the job hands values to
+    the writer only every `features.online_catchup_flush_s` (OnlineBatches)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return assert_online_matches_offline(cfg, opt)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def assert_online_matches_offline(cfg, opt) -> None:
