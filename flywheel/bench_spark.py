@@ -4,7 +4,7 @@ Feast's stream processor (`feast.infra.contrib.spark_kafka_processor.SparkKafkaP
 Structured Streaming query per stream feature view: Kafka -> from_json -> the view's Spark `udf` ->
 every micro-batch `toPandas()`, the latest row per entity, `write_to_online_store` (Redis). Here two
 views compute what our job's user_stats_1h and item_stats_1h compute (impressions, clicks, purchases over
-1 h sliding every 5 min, with a 30 s watermark), one after the other in a local Spark session with two
+1 h sliding every 5 min, with the job's watermark delay), one after the other in a local Spark session with two
 cores: the time is the sum, since two of Feast's queries would share one checkpoint (below).
 
 What it does not do, and our job does: exactly-once (it is at-least-once, and Feast hard-codes its
@@ -28,11 +28,7 @@ from flywheel.settings import Settings
 
 PROJECT = "flywheel_spark_bench"  # a Feast project of its own: its own Redis keys, deleted after each run
 FEAST_CHECKPOINT = Path("/tmp/checkpoint")  # hard-coded in SparkKafkaProcessor._write_stream_data
-EVENT_SCHEMA = (
-    "event_id STRING, request_id STRING, user_id STRING, item_id STRING, item_category STRING, "
-    "event_type STRING, position BIGINT, propensity DOUBLE, event_time BIGINT"
-)
-COUNTS = ("impressions", "clicks", "purchases")
+COUNTS = {"impressions": "impression", "clicks": "click", "purchases": "purchase"}  # feature: event_type
 MAX_OFFSETS_PER_TRIGGER = 200_000  # micro-batches of a streaming run, not one batch of the whole topic
 
 
@@ -72,7 +68,22 @@ def _session(cfg: Settings):
     )
 
 
-def _window_counts(key: str):
+def _event_schema() -> str:
+    """Spark's DDL for the event fields the views read, typed from the event contract (from_json skips
+    the others)."""
+    from flink_jobs.contract_sql import SQL_TYPES
+    from flywheel.events.schema import schema
+
+    props = schema()["properties"]
+
+    def sql_type(field: str) -> str:
+        types = props[field].get("type", "string")  # event_type is an enum of strings
+        return next(SQL_TYPES[t] for t in ([types] if isinstance(types, str) else types) if t in SQL_TYPES)
+
+    return ", ".join(f"{f} {sql_type(f)}" for f in ("user_id", "item_id", "event_type", "event_time"))
+
+
+def _window_counts(key: str, watermark_delay_s: int):
     """The view's Spark udf: per key, impressions/clicks/purchases over 1 h sliding every 5 min."""
     w = WINDOWS["1h"]
     size, slide = f"{int(w.size.total_seconds())} seconds", f"{int(w.slide.total_seconds())} seconds"
@@ -85,10 +96,10 @@ def _window_counts(key: str):
 
         return (
             df.withColumn("ts", (F.col("event_time") / 1000).cast("timestamp"))
-            .withWatermark("ts", "30 seconds")
+            .withWatermark("ts", f"{watermark_delay_s} seconds")
             .groupBy(F.window("ts", size, slide), key)
-            .agg(n("impression").alias("impressions"), n("click").alias("clicks"), n("purchase").alias("purchases"))
-            .select(key, F.col("window.end").alias("event_timestamp"), "impressions", "clicks", "purchases")
+            .agg(*(n(kind).alias(name) for name, kind in COUNTS.items()))
+            .select(key, F.col("window.end").alias("event_timestamp"), *COUNTS)
         )
 
     return udf
@@ -130,11 +141,11 @@ def _store(cfg: Settings, topic: str, work: Path):
         source = KafkaSource(
             name=f"{name}_kafka",
             timestamp_field="event_timestamp",
-            message_format=JsonFormat(schema_json=EVENT_SCHEMA),
+            message_format=JsonFormat(schema_json=_event_schema()),
             kafka_bootstrap_servers=cfg.kafka.bootstrap_servers,
             topic=topic,
             batch_source=batch,
-            watermark_delay_threshold=timedelta(seconds=30),
+            watermark_delay_threshold=timedelta(seconds=cfg.features.watermark_delay_s),
         )
         ttl = timedelta(hours=2)
         objects += [entity, FeatureView(name=name, source=batch, entities=[entity], ttl=ttl, schema=schema)]
@@ -147,7 +158,7 @@ def _store(cfg: Settings, topic: str, work: Path):
                 schema=schema,
                 timestamp_field="event_timestamp",
                 mode="spark",
-                udf=_window_counts(key),
+                udf=_window_counts(key, cfg.features.watermark_delay_s),
             )
         )
     fs.apply(objects)
