@@ -194,6 +194,16 @@ def _rowtime_view(t_env, name: str, query: str, column: str) -> None:
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
 
+def _shared_view(t_env, name: str, query: str):
+    """Register `query` as view `name` behind a DataStream boundary and return the stream. Two consumers
+    of one view (the Parquet sink in the statement set, the online writer as a DataStream) are otherwise
+    planned apart, and each gets its own copy of the aggregation (this doubled every feature view's
+    window and OVER operators)."""
+    stream = t_env.to_data_stream(t_env.sql_query(query))
+    t_env.create_temporary_view(name, t_env.from_data_stream(stream))
+    return stream
+
+
 def _register_streams(t_env) -> None:
     """events_checked (every record, with its verdict), events_ontime, events_clean (deduplicated)."""
     _materialize(t_env, "events_checked", _checked_select(), watermark_floor="wm")
@@ -385,22 +395,6 @@ def _audit_sink(opt: JobOptions) -> str:
     )
 
 
-def _online_select(g: FeatureGroup) -> str:
-    """One JSON row per value for the online writer. Timestamps go as epoch seconds: Feast's online
-    store keeps UnixTimestamp values in whole seconds anyway."""
-    keys = ", ".join(f"KEY '{k}' VALUE {k}" for k in g.entities)
-    vals = ", ".join(
-        f"KEY '{f.name}' VALUE "
-        + (f"UNIX_TIMESTAMP(CAST({f.name} AS STRING)) * 1000" if f.dtype == "timestamp" else f.name)
-        for f in g.features
-    )
-    return (
-        f"SELECT '{g.name}' AS feature_view, JSON_OBJECT({keys}) AS entity_keys, "
-        f"UNIX_TIMESTAMP(CAST(event_timestamp AS STRING)) * 1000 AS window_end_ms, "
-        f"JSON_OBJECT({vals}) AS feature_values FROM g_{g.name}"
-    )
-
-
 def environment(cfg: Settings, opt: JobOptions):
     """The stream and table environments every Flywheel streaming job runs in: connector jars,
     EXACTLY_ONCE checkpoints into durable storage, restart strategy, UTC. Returns (env, t_env)."""
@@ -491,10 +485,12 @@ def build(cfg: Settings, opt: JobOptions):
         "list_position, propensity, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
         "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
     )
-    online_parts = []
+    values = {}
     for g in GROUPS:
         for name, query, rowtime in group_views(g):
-            if rowtime:
+            if name == f"g_{g.name}":
+                values[g.name] = _shared_view(t_env, name, query)
+            elif rowtime:
                 _rowtime_view(t_env, name, query, rowtime)
             else:
                 t_env.create_temporary_view(name, t_env.sql_query(query))
@@ -503,35 +499,39 @@ def build(cfg: Settings, opt: JobOptions):
             f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "
             f"DATE_FORMAT(event_timestamp, 'HH') FROM g_{g.name}"
         )
-        online_parts.append(_online_select(g))
 
     if opt.online:
-        _online_writer(cfg, opt, t_env, stmts, online_parts)
+        _online_writer(cfg, t_env, stmts, values)
     return env, stmts
 
 
-def _online_writer(cfg: Settings, opt: JobOptions, t_env, stmts, online_parts: list[str]) -> None:
+def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
+    """Each view's values, reduced in the JVM to batches of each key's latest value (flink_jobs/jvm
+    OnlineBatches, chained to the view's aggregation), into one Python writer."""
     from pyflink.datastream.data_stream import DataStream
     from pyflink.java_gateway import get_gateway
 
     from flink_jobs.online_writer import AUDIT_ROW, BATCH_ROW, OnlineWriter
 
-    # One stream of (view, keys, ts, values) for every group, reduced in the JVM to batches of each
-    # key's latest value (flink_jobs/jvm OnlineBatches); Python only writes them.
     jvm = get_gateway().jvm
-    rows = t_env.to_data_stream(t_env.sql_query("\nUNION ALL\n".join(online_parts)))._j_data_stream
-    batches = rows.transform(
-        "latest-online-values",
-        BATCH_ROW.get_java_type_info(),
-        jvm.io.flywheel.flink.OnlineBatches(
+    batches = []
+    for g in GROUPS:
+        j = values[g.name]._j_data_stream
+        reduce = jvm.io.flywheel.flink.OnlineBatches(
+            g.name,
+            ",".join(g.entities),
+            ",".join(g.feature_names),
+            ",".join(f.name for f in g.features if f.dtype == "timestamp"),
+            j.getType(),
             cfg.features.online_batch_size,
             cfg.features.online_live_lag_s * 1000,
             cfg.features.online_catchup_flush_s * 1000,
-        ),
-    )
+        )
+        name = f"latest-online-values-{g.name}"
+        batches.append(DataStream(j.transform(name, BATCH_ROW.get_java_type_info(), reduce)))
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
-    audit = DataStream(batches).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
+    audit = batches[0].union(*batches[1:]).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
     t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
     t_env.execute_sql(
         "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "

@@ -1,5 +1,9 @@
 package io.flywheel.flink;
 
+import java.io.IOException;
+import java.io.StringWriter;
+import java.time.LocalDateTime;
+import java.time.ZoneOffset;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -8,9 +12,10 @@ import java.util.Map;
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
-import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
@@ -18,8 +23,13 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.types.Row;
 
 /**
- * What the online writer receives: batches of each key's latest window value, as Row(feature_view,
- * rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values].
+ * What the online writer receives from one feature view: batches of each key's latest window value, as
+ * Row(feature_view, rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values].
+ *
+ * <p>Input: the view's rows as they leave its aggregation (keys, then features, then event_timestamp,
+ * the window end), typed. One instance per view, chained to the aggregation: a row is kept by reference,
+ * and only the values that survive to a hand-over are turned into JSON (every emitted value went through
+ * JSON_OBJECT in SQL before, and most were overwritten by the key's next value before any write).
  *
  * <p>Latest per key: Redis keeps only a key's newest value, so of the successive values a key gets
  * between two hand-overs only the last is worth a Feast write. When hand-overs happen:
@@ -35,16 +45,20 @@ import org.apache.flink.types.Row;
  * </ul>
  *
  * <p>Exactly-once: values not handed over yet are operator state (checkpointed, restored after a
- * failure or from a savepoint), and what was handed over before a barrier the Python writer (chained
- * next) writes to Redis before the barrier passes it, since PyFlink finishes its bundle first. A
- * completed checkpoint therefore covers every value either in Redis or in its state. A replay after a
- * failure rewrites values with the same timestamps, which Feast's Redis store skips.
+ * failure or from a savepoint), and what was handed over before a barrier the Python writer writes to
+ * Redis before the barrier passes it, since PyFlink finishes its bundle first. A completed checkpoint
+ * therefore covers every value either in Redis or in its state. A replay after a failure rewrites
+ * values with the same timestamps, which Feast's Redis store skips.
  *
  * <p>Batching in the JVM also means one trip into Python per batch, not per value.
  */
 public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInputStreamOperator<Row, Row> {
-    private static final TypeInformation<Row> VALUE =
-            Types.ROW(Types.STRING, Types.STRING, Types.LONG, Types.STRING);
+    private static final JsonFactory JSON = new JsonFactory();
+    private final String featureView;
+    private final String[] keys;
+    private final String[] features;
+    private final boolean[] epochMs;
+    private final TypeInformation<Row> rowType;
     private final int batchSize;
     private final long liveLagMs;
     private final long catchUpFlushMs;
@@ -53,7 +67,30 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
     private transient long lastHandOverMs;
     private transient boolean live;
 
-    public OnlineBatches(int batchSize, long liveLagMs, long catchUpFlushMs) {
+    /**
+     * @param keys the entity key columns, comma-separated (the row's first columns)
+     * @param features the feature columns that follow them, comma-separated
+     * @param timestampFeatures those of the features that are timestamps (sent as epoch milliseconds)
+     * @param rowType the input's type (the operator state keeps pending rows in it)
+     */
+    public OnlineBatches(
+            String featureView,
+            String keys,
+            String features,
+            String timestampFeatures,
+            TypeInformation<Row> rowType,
+            int batchSize,
+            long liveLagMs,
+            long catchUpFlushMs) {
+        this.featureView = featureView;
+        this.keys = keys.split(",");
+        this.features = features.split(",");
+        List<String> stamps = List.of(timestampFeatures.isEmpty() ? new String[0] : timestampFeatures.split(","));
+        this.epochMs = new boolean[this.features.length];
+        for (int i = 0; i < this.features.length; i++) {
+            epochMs[i] = stamps.contains(this.features[i]);
+        }
+        this.rowType = rowType;
         this.batchSize = batchSize;
         this.liveLagMs = liveLagMs;
         this.catchUpFlushMs = catchUpFlushMs;
@@ -63,27 +100,37 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
     public void initializeState(StateInitializationContext context) throws Exception {
         super.initializeState(context);
         latest = new HashMap<>();
-        pending = context.getOperatorStateStore().getListState(new ListStateDescriptor<>("pending-online-values", VALUE));
+        pending = context.getOperatorStateStore()
+                .getListState(new ListStateDescriptor<>("pending-online-values-" + featureView, rowType));
         for (Row row : pending.get()) {
             keep(row);
         }
         lastHandOverMs = System.currentTimeMillis();
     }
 
-    /** in: (feature_view, entity_keys JSON, window_end_ms, feature_values JSON) */
     @Override
     public void processElement(StreamRecord<Row> element) {
-        Row row = element.getValue();
-        // A positional copy: object reuse is on (the caller recycles `row`), and it goes into state.
-        keep(Row.of(row.getField(0), row.getField(1), row.getField(2), row.getField(3)));
+        // A copy: object reuse is on (the caller may recycle `row`), and it is kept past this call.
+        keep(Row.copy(element.getValue()));
     }
 
     private void keep(Row row) {
-        String key = row.getField(0) + "\u0000" + row.getField(1);
+        String key = (String) row.getField(0);
+        for (int i = 1; i < keys.length; i++) {
+            key = key + '\u0000' + row.getField(i);
+        }
         Row seen = latest.get(key);
-        if (seen == null || (Long) seen.getField(2) <= (Long) row.getField(2)) {
+        if (seen == null || windowEnd(seen) <= windowEnd(row)) {
             latest.put(key, row);
         }
+    }
+
+    private long windowEnd(Row row) {
+        return epochMillis(row.getField(row.getArity() - 1));
+    }
+
+    private static long epochMillis(Object timestamp) {
+        return ((LocalDateTime) timestamp).toInstant(ZoneOffset.UTC).toEpochMilli();
     }
 
     @Override
@@ -115,30 +162,50 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
         super.finish();
     }
 
-    private void handOver() {
+    private void handOver() throws IOException {
         lastHandOverMs = System.currentTimeMillis();
         if (latest.isEmpty()) {
             return; // live, most watermark steps fire no window
         }
-        Map<String, List<Row>> byView = new HashMap<>();
-        for (Row row : latest.values()) {
-            byView.computeIfAbsent((String) row.getField(0), v -> new ArrayList<>()).add(row);
-        }
+        List<Row> rows = new ArrayList<>(latest.values());
         latest.clear();
-        for (Map.Entry<String, List<Row>> view : byView.entrySet()) {
-            List<Row> rows = view.getValue();
-            for (int start = 0; start < rows.size(); start += batchSize) {
-                StringBuilder json = new StringBuilder("[");
-                for (int i = start; i < Math.min(start + batchSize, rows.size()); i++) {
-                    Row r = rows.get(i);
-                    if (i > start) {
-                        json.append(',');
-                    }
-                    json.append('[').append(r.getField(1)).append(',').append(r.getField(2)).append(',')
-                            .append(r.getField(3)).append(']');
+        for (int start = 0; start < rows.size(); start += batchSize) {
+            StringWriter out = new StringWriter();
+            try (JsonGenerator json = JSON.createGenerator(out)) {
+                json.writeStartArray();
+                for (Row row : rows.subList(start, Math.min(start + batchSize, rows.size()))) {
+                    writeValue(json, row);
                 }
-                output.collect(new StreamRecord<>(Row.of(view.getKey(), json.append(']').toString())));
+                json.writeEndArray();
+            }
+            output.collect(new StreamRecord<>(Row.of(featureView, out.toString())));
+        }
+    }
+
+    /** [{"key": ...}, window_end_ms, {"feature": value, ...}]; a non-finite number is written as null. */
+    private void writeValue(JsonGenerator json, Row row) throws IOException {
+        json.writeStartArray();
+        json.writeStartObject();
+        for (int i = 0; i < keys.length; i++) {
+            json.writeStringField(keys[i], (String) row.getField(i));
+        }
+        json.writeEndObject();
+        json.writeNumber(windowEnd(row));
+        json.writeStartObject();
+        for (int i = 0; i < features.length; i++) {
+            Object v = row.getField(keys.length + i);
+            json.writeFieldName(features[i]);
+            if (v == null || (v instanceof Double && !Double.isFinite((Double) v))) {
+                json.writeNull();
+            } else if (epochMs[i]) {
+                json.writeNumber(epochMillis(v));
+            } else if (v instanceof Double) {
+                json.writeNumber((Double) v);
+            } else {
+                json.writeNumber((Long) v);
             }
         }
+        json.writeEndObject();
+        json.writeEndArray();
     }
 }
