@@ -1,7 +1,8 @@
 """The only Python in the feature job: writing window values into Feast's online store (Redis).
 
 Each element is one batch from `OnlineBatches` (flink_jobs/jvm): a feature view and a JSON array of
-[entity_keys, window_end_ms, feature_values], each key's latest value. The batch is written at once
+[entity_keys, window_end_ms, feature_values], each key's latest value (empty once at the start, so that
+the writer is opened before the first window fires). The batch is written at once
 through `FeatureStore.write_to_online_store`; nothing is kept in between. PyFlink finishes a bundle
 (every batch handed to Python) before a checkpoint barrier passes, so a completed checkpoint covers
 only values already in Redis. After a failure the job replays from the last checkpoint: values
@@ -49,6 +50,8 @@ class OnlineWriter(MapFunction):
 
         view = batch[0]
         rows = orjson.loads(batch[1])
+        if not rows:  # OnlineBatches primes the writer with an empty batch when the job starts
+            return Row(view, 0, None, int(time.time() * 1000))
         df = pd.DataFrame.from_records([{**keys, **values, "event_timestamp": ts} for keys, ts, values in rows])
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], unit="ms", utc=True)
         for col in self.timestamp_features.get(view, []):

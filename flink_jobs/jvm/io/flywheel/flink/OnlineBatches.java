@@ -108,6 +108,17 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
         lastHandOverMs = System.currentTimeMillis();
     }
 
+    /**
+     * Hands the writer an empty batch at once. PyFlink opens a Python function (for the writer: importing
+     * Feast and reading its registry, 12.4 s here) only when its first element arrives; without this, the
+     * first window values of a freshly started job waited for that.
+     */
+    @Override
+    public void open() throws Exception {
+        super.open();
+        output.collect(new StreamRecord<>(Row.of(featureView, "[]")));
+    }
+
     @Override
     public void processElement(StreamRecord<Row> element) {
         // A copy: object reuse is on (the caller may recycle `row`), and it is kept past this call.
