@@ -19,8 +19,9 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import MapFunction, RuntimeContext
 
-# What OnlineBatches hands over: feature_view, rows (JSON array of [entity_keys, window_end_ms, values]).
-BATCH_ROW = Types.ROW([Types.STRING(), Types.STRING()])
+# What OnlineBatches hands over: feature_view, rows (JSON array of [entity_keys, window_end_ms, values],
+# UTF-8 bytes).
+BATCH_ROW = Types.ROW([Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 AUDIT_ROW = Types.ROW_NAMED(
     ["feature_view", "rows_written", "max_window_end_ms", "written_at_ms"],
     [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],

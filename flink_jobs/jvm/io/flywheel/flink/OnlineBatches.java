@@ -1,7 +1,7 @@
 package io.flywheel.flink;
 
+import java.io.ByteArrayOutputStream;
 import java.io.IOException;
-import java.io.StringWriter;
 import java.time.LocalDateTime;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
@@ -14,6 +14,7 @@ import org.apache.flink.api.common.state.ListStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.runtime.state.StateInitializationContext;
 import org.apache.flink.runtime.state.StateSnapshotContext;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonEncoding;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
@@ -24,7 +25,8 @@ import org.apache.flink.types.Row;
 
 /**
  * What the online writer receives from one feature view: batches of each key's latest window value, as
- * Row(feature_view, rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values].
+ * Row(feature_view, rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values], as UTF-8
+ * bytes (Flink serializes a String char by char: for these ~100 KB batches that took a tenth of the CPU).
  *
  * <p>Input: the view's rows as they leave its aggregation (keys, then features, then event_timestamp,
  * the window end), typed. One instance per view, chained to the aggregation: a row is kept by reference,
@@ -116,7 +118,7 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
     @Override
     public void open() throws Exception {
         super.open();
-        output.collect(new StreamRecord<>(Row.of(featureView, "[]")));
+        output.collect(new StreamRecord<>(Row.of(featureView, new byte[] {'[', ']'})));
     }
 
     @Override
@@ -181,15 +183,15 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
         List<Row> rows = new ArrayList<>(latest.values());
         latest.clear();
         for (int start = 0; start < rows.size(); start += batchSize) {
-            StringWriter out = new StringWriter();
-            try (JsonGenerator json = JSON.createGenerator(out)) {
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            try (JsonGenerator json = JSON.createGenerator(out, JsonEncoding.UTF8)) {
                 json.writeStartArray();
                 for (Row row : rows.subList(start, Math.min(start + batchSize, rows.size()))) {
                     writeValue(json, row);
                 }
                 json.writeEndArray();
             }
-            output.collect(new StreamRecord<>(Row.of(featureView, out.toString())));
+            output.collect(new StreamRecord<>(Row.of(featureView, out.toByteArray())));
         }
     }
 
