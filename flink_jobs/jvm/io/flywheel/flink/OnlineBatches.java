@@ -26,7 +26,8 @@ import org.apache.flink.types.Row;
 /**
  * What the online writer receives from one feature view: batches of each key's latest window value, as
  * Row(feature_view, rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values], as UTF-8
- * bytes (Flink serializes a String char by char: for these ~100 KB batches that took a tenth of the CPU).
+ * bytes (Flink serializes a String char by char: for these ~100 KB batches, a tenth of the JVM samples in a
+ * JFR profile of a replay).
  *
  * <p>Input: the view's rows as they leave its aggregation (keys, then features, then event_timestamp,
  * the window end), typed. One instance per view, chained to the aggregation: a row is kept by reference,
