@@ -518,6 +518,7 @@ def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
     from flink_jobs.online_writer import AUDIT_ROW, BATCH_ROW, OnlineWriter
 
     jvm = get_gateway().jvm
+    timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     batches = []
     for g in GROUPS:
         j = values[g.name]._j_data_stream
@@ -525,7 +526,7 @@ def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
             g.name,
             ",".join(g.entities),
             ",".join(g.feature_names),
-            ",".join(f.name for f in g.features if f.dtype == "timestamp"),
+            ",".join(timestamp_features[g.name]),
             j.getType(),
             cfg.features.online_batch_size,
             cfg.features.online_live_lag_s * 1000,
@@ -533,7 +534,6 @@ def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
         )
         name = f"latest-online-values-{g.name}"
         batches.append(DataStream(j.transform(name, BATCH_ROW.get_java_type_info(), reduce)))
-    timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
     audit = batches[0].union(*batches[1:]).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
     t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
