@@ -77,8 +77,8 @@ def run(console: Console) -> None:
 
 
 def features_stage(cfg, console: Console, last_event_ms: int) -> None:
-    """Run the feature job (embedded, unbounded) until the watermark has passed the replayed data, show
-    what landed in Parquet and what the Feast SDK reads from Redis, then stop the job."""
+    """Run the feature job (embedded, unbounded) until the watermark has passed the replayed data and the
+    Feast SDK reads it from Redis, then stop the job and show what landed in Parquet and in Redis."""
     from feature_repo.spec import group
     from flink_jobs import features
     from flink_jobs.reconcile import reconcile
@@ -104,8 +104,32 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
             done = latest is not None and latest >= target
         console.print(f"  … {time.monotonic() - t0:.0f}s, {len(files)} committed Parquet file(s) for user_stats_1h")
     time.sleep(cfg.features.checkpoint_interval_ms / 1000 + 2)  # let the audit minutes commit too
+    # Redis next: while the watermark is far behind the wall clock (a replay of 2019 logs), OnlineBatches
+    # hands values to the writer only every features.online_catchup_flush_s; the job must run until then.
+    store = feast_store.store(cfg)
+    files = features.committed_parquet(opt.offline_dir, "user_stats_7d")
+    recent = "SELECT user_id FROM read_parquet($f) GROUP BY user_id ORDER BY max(event_timestamp) DESC, 1 LIMIT 3"
+    users = [u for (u,) in duckdb.sql(recent, params={"f": files}).fetchall()] if files else []
+    refs = [
+        "user_stats_24h:user_impressions_24h",
+        "user_stats_24h:user_clicks_24h",
+        "user_stats_24h:user_debiased_ctr_24h",
+        "user_stats_7d:user_impressions_7d",
+        "user_last_click:last_click_time",
+    ]
+    wait_s = cfg.features.online_catchup_flush_s + 3 * cfg.features.checkpoint_interval_ms / 1000
+    t_online = time.monotonic()
+    while True:
+        online = store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_df()
+        if users and online["user_impressions_7d"].notna().all():
+            break
+        if time.monotonic() - t_online > wait_s:
+            client.cancel().result()
+            raise RuntimeError(f"the Feast SDK read no 7-day values from Redis for {users} after {wait_s:.0f}s")
+        console.print(f"  … {time.monotonic() - t0:.0f}s, waiting for the online writer (Redis)")
+        time.sleep(5)
     client.cancel().result()
-    console.print(f"  job ran {time.monotonic() - t0:.0f}s (stopped after the watermark passed the data)")
+    console.print(f"  job ran {time.monotonic() - t0:.0f}s (stopped after the data reached Parquet and Redis)")
 
     rows = Table("feature view", "Parquet rows")
     for g in features.GROUPS:
@@ -118,21 +142,6 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
         f"  reconcile: in {r.events_in} = aggregated {r.aggregated} + duplicates {r.duplicates} + "
         f"dead-lettered {r.dead_lettered} + late {r.late} + still in open windows {r.pending}"
     )
-
-    store = feast_store.store(cfg)
-    files = features.committed_parquet(opt.offline_dir, "user_stats_7d")
-    recent = "SELECT user_id FROM read_parquet($f) GROUP BY user_id ORDER BY max(event_timestamp) DESC, 1 LIMIT 3"
-    users = [u for (u,) in duckdb.sql(recent, params={"f": files}).fetchall()] if files else []
-    online = store.get_online_features(
-        features=[
-            "user_stats_24h:user_impressions_24h",
-            "user_stats_24h:user_clicks_24h",
-            "user_stats_24h:user_debiased_ctr_24h",
-            "user_stats_7d:user_impressions_7d",
-            "user_last_click:last_click_time",
-        ],
-        entity_rows=[{"user_id": u} for u in users],
-    ).to_df()
     console.print("  online features read back with the Feast SDK (get_online_features):")
     console.print(online.to_string(index=False))
 
