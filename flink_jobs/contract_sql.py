@@ -13,6 +13,13 @@ from flywheel.events.schema import MAX_FUTURE_MS, schema
 SQL_TYPES = {"integer": "BIGINT", "number": "DOUBLE", "string": "STRING"}
 
 
+def base_type(spec: dict) -> str | None:
+    """A field's JSON type with `null` left out ("integer" for ["integer", "null"]); None for a field
+    with no type of SQL_TYPES (an enum or const, checked by value)."""
+    types = spec.get("type")
+    return next((t for t in (types if isinstance(types, list) else [types]) if t in SQL_TYPES), None)
+
+
 def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
@@ -42,7 +49,7 @@ def reject_reason_sql(fields: str = "j") -> str:
         exists = present(field)
         types = spec.get("type")
         nullable = isinstance(types, list) and "null" in types
-        base = next((t for t in (types if isinstance(types, list) else [types]) if t in SQL_TYPES), None)
+        base = base_type(spec)
         if "const" in spec:
             rules.append(
                 (

@@ -183,24 +183,22 @@ def _materialize(t_env, name: str, query: str, watermark_floor: str | None = Non
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
 
-def _rowtime_view(t_env, name: str, query: str, column: str) -> None:
-    """Register `query` as view `name` with `column` as its event time and the upstream watermark (JVM
-    only). Flink SQL keeps a time attribute only through a few operations; a shifted time (a pane's
-    "leave" move, one window after its end) needs this boundary to become one."""
+def _stream_view(t_env, name: str, query: str, rowtime: str | None = None):
+    """Register `query` as view `name` behind a DataStream boundary (JVM only) and return the stream.
+
+    Two uses. A shifted time (a pane's "leave" move, one window after its end) becomes an event time
+    only here: Flink SQL keeps a time attribute through a few operations, so `rowtime` names the column to
+    carry the upstream watermark. And a feature view's output has two consumers (the Parquet sink in the
+    statement set, the online writer as a DataStream) that are otherwise planned apart, each with its own
+    copy of the view's window and OVER operators: both read the returned stream instead."""
     from pyflink.table import Schema
 
-    schema = Schema.new_builder().watermark(column, "SOURCE_WATERMARK()").build()
     stream = t_env.to_data_stream(t_env.sql_query(query))
-    t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
-
-
-def _shared_view(t_env, name: str, query: str):
-    """Register `query` as view `name` behind a DataStream boundary and return the stream. Two consumers
-    of one view (the Parquet sink in the statement set, the online writer as a DataStream) are otherwise
-    planned apart, and each gets its own copy of the aggregation (this doubled every feature view's
-    window and OVER operators)."""
-    stream = t_env.to_data_stream(t_env.sql_query(query))
-    t_env.create_temporary_view(name, t_env.from_data_stream(stream))
+    if rowtime:
+        schema = Schema.new_builder().watermark(rowtime, "SOURCE_WATERMARK()").build()
+        t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
+    else:
+        t_env.create_temporary_view(name, t_env.from_data_stream(stream))
     return stream
 
 
@@ -262,7 +260,7 @@ def summed_columns(g: FeatureGroup) -> list[str]:
 def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
     """(name, query, rowtime) of the views that end in g_<group>: keys, features, event_timestamp (the
     window end), only what changed. A view with a rowtime column is registered behind a DataStream
-    boundary that makes that column its event time (see `_rowtime_view`)."""
+    boundary that makes that column its event time (see `_stream_view`)."""
     src = f"events_{g.name}"
     keys = ", ".join(g.entities)
     views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None)]
@@ -491,13 +489,13 @@ def build(cfg: Settings, opt: JobOptions):
     )
     values = {}
     for g in GROUPS:
-        for name, query, rowtime in group_views(g):
-            if name == f"g_{g.name}":
-                values[g.name] = _shared_view(t_env, name, query)
-            elif rowtime:
-                _rowtime_view(t_env, name, query, rowtime)
+        *steps, (name, query, _) = group_views(g)
+        for step, step_query, rowtime in steps:
+            if rowtime:
+                _stream_view(t_env, step, step_query, rowtime)
             else:
-                t_env.create_temporary_view(name, t_env.sql_query(query))
+                t_env.create_temporary_view(step, t_env.sql_query(step_query))
+        values[g.name] = _stream_view(t_env, name, query)  # g_<group>: read by Parquet and the online writer
         t_env.execute_sql(_offline_sink(g, opt))
         stmts.add_insert_sql(
             f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "

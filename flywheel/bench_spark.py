@@ -71,16 +71,13 @@ def _session(cfg: Settings):
 def _event_schema() -> str:
     """Spark's DDL for the event fields the views read, typed from the event contract (from_json skips
     the others)."""
-    from flink_jobs.contract_sql import SQL_TYPES
+    from flink_jobs.contract_sql import SQL_TYPES, base_type
     from flywheel.events.schema import schema
 
     props = schema()["properties"]
-
-    def sql_type(field: str) -> str:
-        types = props[field].get("type", "string")  # event_type is an enum of strings
-        return next(SQL_TYPES[t] for t in ([types] if isinstance(types, str) else types) if t in SQL_TYPES)
-
-    return ", ".join(f"{f} {sql_type(f)}" for f in ("user_id", "item_id", "event_type", "event_time"))
+    fields = ("user_id", "item_id", "event_type", "event_time")
+    # event_type is an enum of strings, with no type of its own
+    return ", ".join(f"{f} {SQL_TYPES[base_type(props[f]) or 'string']}" for f in fields)
 
 
 def _window_counts(key: str, watermark_delay_s: int):
@@ -212,12 +209,11 @@ def _entity_keys(cfg: Settings, delete: bool) -> int:
     project name), deleting them if asked."""
     from flywheel.infra.services import Redis
 
-    client, n = Redis(cfg).client(), 0
-    for key in client.scan_iter(match=f"*{PROJECT}", count=10_000):
-        n += 1
-        if delete:
-            client.delete(key)
-    return n
+    client = Redis(cfg).client()
+    keys = list(client.scan_iter(match=f"*{PROJECT}", count=10_000))
+    for start in range(0, len(keys) if delete else 0, 1_000):
+        client.delete(*keys[start : start + 1_000])  # one round trip per thousand keys, not per key
+    return len(keys)
 
 
 def _await_input(query, events: int, name: str, log) -> None:

@@ -134,13 +134,13 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
             key = key + '\u0000' + row.getField(i);
         }
         Row seen = latest.get(key);
-        if (seen == null || windowEnd(seen) <= windowEnd(row)) {
+        if (seen == null || !windowEnd(row).isBefore(windowEnd(seen))) {
             latest.put(key, row);
         }
     }
 
-    private long windowEnd(Row row) {
-        return epochMillis(row.getField(row.getArity() - 1));
+    private static LocalDateTime windowEnd(Row row) {
+        return (LocalDateTime) row.getField(row.getArity() - 1);
     }
 
     private static long epochMillis(Object timestamp) {
@@ -204,7 +204,7 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
             json.writeStringField(keys[i], (String) row.getField(i));
         }
         json.writeEndObject();
-        json.writeNumber(windowEnd(row));
+        json.writeNumber(epochMillis(windowEnd(row)));
         json.writeStartObject();
         for (int i = 0; i < features.length; i++) {
             Object v = row.getField(keys.length + i);
