@@ -15,7 +15,8 @@ class MissingJar(RuntimeError):
     pass
 
 
-JSON_FIELDS_CLASS = "io.flywheel.flink.JsonFields"  # flink_jobs/jvm, built by `make setup`
+# Flywheel's SQL functions (flink_jobs/jvm, built by `make setup`): name -> class.
+FUNCTIONS = {"JSON_FIELDS": "io.flywheel.flink.JsonFields", "JSON_TEXT": "io.flywheel.flink.JsonText"}
 
 
 def connector_jars(cfg: Settings) -> list[Path]:

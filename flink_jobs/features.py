@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
-from flink_jobs.common import JSON_FIELDS_CLASS, connector_jars, with_clause
-from flink_jobs.contract_sql import reject_reason_sql
+from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
+from flink_jobs.contract_sql import fields_sql, reject_reason_sql
 from flywheel.feast_store import FEATURE_REPO, feast_env
 from flywheel.settings import Settings
 
@@ -91,7 +91,7 @@ def source_ddl(cfg: Settings, opt: JobOptions) -> str:
     return f"""
 CREATE TABLE events_raw (
   payload STRING,
-  event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT), 3),
+  event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_TEXT(payload, 'event_time') AS BIGINT), 3),
                          TO_TIMESTAMP_LTZ(0, 3)),
   WATERMARK FOR event_time AS event_time - {_interval(cfg.features.watermark_delay_s)}
 ) WITH (
@@ -125,15 +125,15 @@ def _checked_select() -> str:
     }
     # `position` is a reserved word in Flink SQL: the column is list_position.
     parsed = ",\n  ".join(
-        f"TRY_CAST(j['{f.removeprefix('list_')}'] AS {t}) AS {f}" if t != "STRING" else f"j['{f}'] AS {f}"
+        f"TRY_CAST(j_{f.removeprefix('list_')} AS {t}) AS {f}" if t != "STRING" else f"j_{f} AS {f}"
         for f, t in fields.items()
     )
-    # The payload is parsed once (JSON_FIELDS); the contract and the columns read the parsed fields.
+    # The payload is parsed once (JSON_FIELDS); the contract and the columns read its columns.
     return f"""SELECT payload, event_time AS event_ts,
   {parsed},
-  {reject_reason_sql("j")} AS reject_reason,
+  {reject_reason_sql()} AS reject_reason,
   CURRENT_WATERMARK(event_time) AS wm
-FROM events_raw, LATERAL TABLE(JSON_FIELDS(payload)) AS p(j)"""
+FROM events_raw, LATERAL TABLE({fields_sql()}) AS p"""
 
 
 # Dedup by event-time window (Flink's window deduplication): an event and its copies carry the same
@@ -448,8 +448,9 @@ def build(cfg: Settings, opt: JobOptions):
 
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
+    for name, cls in FUNCTIONS.items():  # before the source: its watermark reads the event time with JSON_TEXT
+        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{cls}' LANGUAGE JAVA")
     t_env.execute_sql(source_ddl(cfg, opt))
-    t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION JSON_FIELDS AS '{JSON_FIELDS_CLASS}' LANGUAGE JAVA")
     _register_streams(t_env)
     t_env.execute_sql(_kafka_sink(cfg, "dead_letters", opt.dlq_topic, "reason STRING, payload STRING", opt))
     t_env.execute_sql(

@@ -67,7 +67,7 @@ def test_dead_letters_carry_the_reason(job):
     letters = [orjson.loads(v) for _, v in read_topic(cfg.kafka, opt.dlq_topic)]
     assert all(letter["reason"] and letter["payload"] for letter in letters)
     assert {letter["payload"].encode() for letter in letters} == {v for v in sim.values if parse(v)[1] is not None}
-    # The SQL contract (reading JSON_FIELDS' parse) blames the same field as the Python validator.
+    # The SQL contract (reading JSON_FIELDS' columns) blames the same field as the Python validator.
     for letter in letters:
         assert letter["reason"].split(":")[0] == parse(letter["payload"])[1].field, letter
 

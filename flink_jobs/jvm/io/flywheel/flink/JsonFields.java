@@ -1,65 +1,118 @@
 package io.flywheel.flink;
 
 import java.io.IOException;
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
-import org.apache.flink.table.annotation.DataTypeHint;
-import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.api.DataTypes;
+import org.apache.flink.table.catalog.DataTypeFactory;
+import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.data.RowData;
+import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.functions.TableFunction;
-import org.apache.flink.types.Row;
+import org.apache.flink.table.types.DataType;
+import org.apache.flink.table.types.inference.TypeInference;
 
 /**
- * JSON_FIELDS(payload): one row whose column `j` holds the top-level fields of a JSON object, parsed
- * once, as MAP&lt;STRING, STRING&gt;. Use it as {@code FROM t, LATERAL TABLE(JSON_FIELDS(payload)) AS p(j)}.
+ * JSON_FIELDS(payload, 'a,b,c'): the record's top-level fields, parsed once, as one row of columns:
+ * {@code is_object} (false: not a JSON object, or not JSON at all), {@code unknown_field} (a field not in
+ * the list), then for each listed field {@code has_<field>} (present, even as null) and {@code j_<field>}
+ * (its value as text, like JSON_VALUE: a scalar as its text; JSON null, an object or an array as NULL).
+ * Use it as {@code FROM t, LATERAL TABLE(JSON_FIELDS(payload, '...')) AS p}. Always one row.
  *
  * <p>Why: Flink's JSON_VALUE and JSON_EXISTS parse the whole document on every call, and the event
- * contract (flink_jobs/contract_sql.py) needs about forty of them per record; that parsing was most of
- * the feature job's CPU. It is a table function, not a scalar one, because the planner inlines a scalar
- * call into each of its ~70 uses (parsing the record each time); a lateral table is evaluated once.
- *
- * <p>The values read like JSON_VALUE's: a scalar as its text, JSON null and nested objects or arrays as
- * NULL (the key is still present). Not a JSON object (or not JSON at all): j is NULL. Always one row.
+ * contract (flink_jobs/contract_sql.py) needs about forty of them per record. A table function, not a
+ * scalar one, because the planner inlines a scalar call into each of its uses; a lateral table is
+ * evaluated once. Columns, not a MAP: each of the contract's ~70 reads of a map is a scan of its keys.
  */
-@FunctionHint(output = @DataTypeHint("ROW<j MAP<STRING, STRING>>"))
-public class JsonFields extends TableFunction<Row> {
+public class JsonFields extends TableFunction<RowData> {
     private static final JsonFactory FACTORY = new JsonFactory();
+    private transient String listed;
+    private transient Map<String, Integer> index;
 
-    public void eval(String json) {
-        collect(Row.of(parse(json)));
+    public void eval(String json, String fields) {
+        if (!fields.equals(listed)) {
+            listed = fields;
+            index = new HashMap<>();
+            for (String f : fields.split(",")) {
+                index.put(f, index.size());
+            }
+        }
+        int n = index.size();
+        GenericRowData row = new GenericRowData(2 + 2 * n);
+        boolean object = parse(json, row, n);
+        if (!object) {
+            row = new GenericRowData(2 + 2 * n); // nothing of a record that is not one JSON object
+        }
+        row.setField(0, object);
+        for (int i = 1; i < 2 + n; i++) {
+            if (row.getField(i) == null) {
+                row.setField(i, false);
+            }
+        }
+        collect(row);
     }
 
-    static Map<String, String> parse(String json) {
+    /** Sets what is present and the values; false when the record is not one JSON object. */
+    private boolean parse(String json, GenericRowData row, int n) {
         if (json == null) {
-            return null;
+            return false;
         }
         try (JsonParser p = FACTORY.createParser(json)) {
             if (p.nextToken() != JsonToken.START_OBJECT) {
-                return null;
+                return false;
             }
-            Map<String, String> fields = new HashMap<>();
             JsonToken t;
             while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
-                String name = p.currentName();
+                Integer i = index.get(p.currentName());
                 JsonToken v = p.nextToken();
+                String text = null;
                 if (v == JsonToken.START_OBJECT || v == JsonToken.START_ARRAY) {
                     p.skipChildren();
-                    fields.put(name, null);
-                } else if (v == JsonToken.VALUE_NULL) {
-                    fields.put(name, null);
+                } else if (v != JsonToken.VALUE_NULL) {
+                    text = p.getText();
+                }
+                if (i == null) {
+                    row.setField(1, true);
                 } else {
-                    fields.put(name, p.getText());
+                    row.setField(2 + i, true);
+                    row.setField(2 + n + i, text == null ? null : StringData.fromString(text));
                 }
             }
-            if (t != JsonToken.END_OBJECT || p.nextToken() != null) {
-                return null; // truncated, or trailing content after the object
-            }
-            return fields;
+            return t == JsonToken.END_OBJECT && p.nextToken() == null; // else truncated, or trailing content
         } catch (IOException e) {
-            return null;
+            return false;
         }
+    }
+
+    @Override
+    public TypeInference getTypeInference(DataTypeFactory typeFactory) {
+        return TypeInference.newBuilder()
+                .typedArguments(DataTypes.STRING(), DataTypes.STRING())
+                .outputTypeStrategy(call -> {
+                    Optional<String> fields = call.getArgumentValue(1, String.class);
+                    if (fields.isEmpty()) {
+                        throw call.newValidationError("JSON_FIELDS: the field list must be a string literal");
+                    }
+                    List<DataTypes.Field> columns = new ArrayList<>();
+                    columns.add(DataTypes.FIELD("is_object", DataTypes.BOOLEAN().notNull()));
+                    columns.add(DataTypes.FIELD("unknown_field", DataTypes.BOOLEAN().notNull()));
+                    String[] names = fields.get().split(",");
+                    for (String f : names) {
+                        columns.add(DataTypes.FIELD("has_" + f, DataTypes.BOOLEAN().notNull()));
+                    }
+                    for (String f : names) {
+                        columns.add(DataTypes.FIELD("j_" + f, DataTypes.STRING()));
+                    }
+                    DataType row = DataTypes.ROW(columns.toArray(new DataTypes.Field[0])).bridgedTo(RowData.class);
+                    return Optional.of(row);
+                })
+                .build();
     }
 }
