@@ -257,52 +257,90 @@ def summed_columns(g: FeatureGroup) -> list[str]:
     return cols
 
 
-def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
+def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str]]:
+    """The per-slide partial sums (panes) of the sliding groups, shared: ((name, query, rowtime) of the
+    views, in order; each sliding group's panes view).
+
+    A window's value changes only when a slide of events enters it or leaves it, so a sliding group is
+    computed from its keys' sums per slide (see `group_views`). Groups with the same keys and filter
+    share them: one panes view per slide (user_stats_24h and _7d read the same hourly panes), and a
+    slide that is a multiple of a finer one sums the finer panes, not the events (the hourly panes are
+    twelve 5-minute ones). So each family's events are summed once, not once per group.
+
+    Exact sums: DOUBLE sums that are added and subtracted drift (a window emptied of position weights
+    summed to -1e-17, not 0). So every partial sum is a BIGINT: counts as they are, fractional columns in
+    fixed point (FIXED_POINT), and an empty window sums to exactly 0. BIGINT, not DECIMAL(38, 18): a wide
+    DECIMAL is a BigDecimal in every operator and every checkpoint, and took a tenth of the CPU."""
+    families: dict[tuple, list[FeatureGroup]] = {}
+    for g in groups:
+        if g.emits_changes:
+            families.setdefault((g.entities, g.where), []).append(g)
+    views: list[tuple[str, str, str | None]] = []
+    of: dict[str, str] = {}
+    for n, ((entities, where), members) in enumerate(families.items()):
+        keys = ", ".join(entities)
+        cols = list(dict.fromkeys(c for g in members for c in summed_columns(g)))
+        family = "_".join(entities) if n == [e for e, _ in families].index(entities) else f"{'_'.join(entities)}_{n}"
+        views.append((f"events_{family}", "SELECT * FROM events_clean" + (f" WHERE {where}" if where else ""), None))
+        slides = sorted({int(g.window.slide.total_seconds()) for g in members})
+        finest = slides[0]
+        name = {slide: f"panes_{family}_{slide}s" for slide in slides}
+        derived = [slide for slide in slides[1:] if slide % finest == 0]
+        for slide in slides:
+            if slide in derived:
+                src, sums = f"TABLE {name[finest]}, DESCRIPTOR(t)", ", ".join(f"SUM({c}) AS {c}" for c in cols)
+            else:
+                src, sums = (
+                    f"TABLE events_{family}, DESCRIPTOR(event_time)",
+                    ", ".join(f"SUM({_fixed(c)}) AS {c}" for c in cols),
+                )
+            readers = sum(1 for g in members if g.window.slide.total_seconds() == slide)
+            readers += len(derived) if slide == finest else 0
+            query = (
+                f"SELECT {keys}, {sums}, window_time AS t FROM TABLE(TUMBLE({src}, {_interval(slide)})) "
+                f"GROUP BY {keys}, window_start, window_end, window_time"
+            )
+            # Read by more than one view: behind a boundary, or each reader would plan its own copy.
+            views.append((name[slide], query, "t" if readers > 1 else None))
+        for g in members:
+            of[g.name] = name[int(g.window.slide.total_seconds())]
+    return views, of
+
+
+def group_views(g: FeatureGroup, panes: str | None) -> list[tuple[str, str, str | None]]:
     """(name, query, rowtime) of the views that end in g_<group>: keys, features, event_timestamp (the
-    window end), only what changed. A view with a rowtime column is registered behind a DataStream
-    boundary that makes that column its event time (see `_stream_view`)."""
-    src = f"events_{g.name}"
+    window end), only what changed. `panes`: the sliding group's panes view (`pane_views`). A view with a
+    rowtime column is registered behind a DataStream boundary that makes that column its event time (see
+    `_stream_view`)."""
     keys = ", ".join(g.entities)
-    views = [(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None)]
     if not g.emits_changes:
+        src = f"events_{g.name}"
         feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
-        views.append(
+        return [
+            (src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None),
             (
                 f"g_{g.name}",
                 f"SELECT {keys}, {feats}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp "
                 f"FROM {_window(g, src)} GROUP BY {keys}, window_start, window_end",
                 None,
-            )
-        )
-        return views
+            ),
+        ]
     # A sliding window's value changes only when a slide of events enters it or leaves it. So instead of
-    # evaluating every (key, window) (a 7-day window sliding hourly: 168 per event), each key's events
-    # are summed per slide (a pane), and each pane becomes two moves: "enter" (+sums) at its end and
-    # "leave" (-sums) one window later. A window's sums are then the running total of a key's moves: an
-    # unbounded OVER aggregation, which keeps one accumulator per key (a RANGE frame was tried first; it
-    # rescans the window's buffered panes at every move and took most of the job's CPU).
+    # evaluating every (key, window) (a 7-day window sliding hourly: 168 per event), each key's panes
+    # (its sums per slide) become two moves: "enter" (+sums) at the pane's end and "leave" (-sums) one
+    # window later. A window's sums are then the running total of a key's moves: an unbounded OVER
+    # aggregation, which keeps one accumulator per key (a RANGE frame was tried first; it rescans the
+    # window's buffered panes at every move and took most of the job's CPU).
     cols = summed_columns(g)
     slide_s, size_s = int(g.window.slide.total_seconds()), int(g.window.size.total_seconds())
-    # Exact sums: DOUBLE sums that are added and subtracted drift (a window emptied of position weights
-    # summed to -1e-17, not 0). So every partial sum is a BIGINT: counts as they are, fractional columns
-    # in fixed point (FIXED_POINT), and an empty window sums to exactly 0. BIGINT, not DECIMAL(38, 18):
-    # a wide DECIMAL is a BigDecimal in every operator and every checkpoint, and took a tenth of the CPU.
-    sums = ", ".join(f"SUM({_fixed(c)}) AS {c}" for c in cols)
-    views.append(
-        (
-            f"panes_{g.name}",
-            f"SELECT {keys}, {sums}, CAST(window_time AS TIMESTAMP(3)) AS t FROM "
-            f"TABLE(TUMBLE(TABLE {src}, DESCRIPTOR(event_time), {_interval(slide_s)})) "
-            f"GROUP BY {keys}, window_start, window_end, window_time",
-            None,
-        )
-    )
+    views = []
+    entered = ", ".join(cols)
     negated = ", ".join(f"-{c} AS {c}" for c in cols)
     views.append(
         (
             f"shifted_{g.name}",
-            f"SELECT * FROM panes_{g.name} UNION ALL "
-            f"SELECT {keys}, {negated}, t + {_day_to_minute(size_s)} AS t FROM panes_{g.name}",
+            f"SELECT {keys}, {entered}, CAST(t AS TIMESTAMP(3)) AS t FROM {panes} UNION ALL "
+            f"SELECT {keys}, {negated}, CAST(t AS TIMESTAMP(3)) + {_day_to_minute(size_s)} AS t FROM {panes}",
             "t",
         )
     )
@@ -488,14 +526,20 @@ def build(cfg: Settings, opt: JobOptions):
         "list_position, propensity, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
         "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
     )
-    values = {}
-    for g in GROUPS:
-        *steps, (name, query, _) = group_views(g)
+
+    def register(steps) -> None:
         for step, step_query, rowtime in steps:
             if rowtime:
                 _stream_view(t_env, step, step_query, rowtime)
             else:
                 t_env.create_temporary_view(step, t_env.sql_query(step_query))
+
+    shared, panes = pane_views(GROUPS)
+    register(shared)
+    values = {}
+    for g in GROUPS:
+        *steps, (name, query, _) = group_views(g, panes.get(g.name))
+        register(steps)
         values[g.name] = _stream_view(t_env, name, query)  # g_<group>: read by Parquet and the online writer
         t_env.execute_sql(_offline_sink(g, opt))
         stmts.add_insert_sql(
