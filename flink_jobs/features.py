@@ -99,6 +99,14 @@ CREATE TABLE events_raw (
 )"""
 
 
+def create_source(t_env, cfg: Settings, opt: JobOptions) -> None:
+    """The `events_raw` table, and Flywheel's SQL functions first (its watermark reads the event time
+    with JSON_TEXT)."""
+    for name, cls in FUNCTIONS.items():
+        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{cls}' LANGUAGE JAVA")
+    t_env.execute_sql(source_ddl(cfg, opt))
+
+
 def _kafka_sink(cfg: Settings, name: str, topic: str, columns: str, opt: JobOptions) -> str:
     props = {
         "connector": "kafka",
@@ -486,9 +494,7 @@ def build(cfg: Settings, opt: JobOptions):
 
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
-    for name, cls in FUNCTIONS.items():  # before the source: its watermark reads the event time with JSON_TEXT
-        t_env.execute_sql(f"CREATE TEMPORARY SYSTEM FUNCTION {name} AS '{cls}' LANGUAGE JAVA")
-    t_env.execute_sql(source_ddl(cfg, opt))
+    create_source(t_env, cfg, opt)
     _register_streams(t_env)
     t_env.execute_sql(_kafka_sink(cfg, "dead_letters", opt.dlq_topic, "reason STRING, payload STRING", opt))
     t_env.execute_sql(

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from feature_repo.spec import GROUPS, group
-from flink_jobs import features
+from flink_jobs import features, passthrough
 from flink_jobs.reconcile import reconcile
 from flywheel import feast_store
 from flywheel.cli import write_records
@@ -50,6 +50,15 @@ def job(cfg):
     write_records(cfg, sim.keys, sim.values, opt.topic)
     features.run(cfg, opt)
     return cfg, opt, sim
+
+
+def test_passthrough_job_reads_the_same_source_to_its_end(job):
+    """The benchmark's ceiling: the feature job's source table (event time, watermark) into a blackhole."""
+    cfg, opt, _ = job
+    name = f"pt-{uuid.uuid4().hex[:8]}"
+    # run() waits for the job and raises if it cannot be planned or fails.
+    result = passthrough.run(cfg, features.options(cfg, topic=opt.topic, group_id=name, bounded=True, job_name=name))
+    assert result.get_job_client() is not None
 
 
 def test_counts_reconcile_exactly(job):
