@@ -117,15 +117,26 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
         "user_stats_7d:user_impressions_7d",
         "user_last_click:last_click_time",
     ]
+    # Each view's values reach Redis in their own batches: wait for every one the offline store has for
+    # these users (a user who never clicked has no last_click_time anywhere).
+    clicked = features.committed_parquet(opt.offline_dir, "user_last_click")
+    clickers = (
+        {u for (u,) in duckdb.sql("SELECT DISTINCT user_id FROM read_parquet($f)", params={"f": clicked}).fetchall()}
+        if clicked
+        else set()
+    )
     wait_s = cfg.features.online_catchup_flush_s + 3 * cfg.features.checkpoint_interval_ms / 1000
     t_online = time.monotonic()
     while True:
         online = store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_df()
-        if users and online["user_impressions_7d"].notna().all():
+        clicks_in = online[online["user_id"].isin(clickers)]["last_click_time"].notna().all()
+        if users and online["user_impressions_7d"].notna().all() and clicks_in:
             break
         if time.monotonic() - t_online > wait_s:
             client.cancel().result()
-            raise RuntimeError(f"the Feast SDK read no 7-day values from Redis for {users} after {wait_s:.0f}s")
+            raise RuntimeError(
+                f"the Feast SDK read no 7-day or last-click values from Redis for {users} after {wait_s:.0f}s"
+            )
         console.print(f"  … {time.monotonic() - t0:.0f}s, waiting for the online writer (Redis)")
         time.sleep(5)
     client.cancel().result()
