@@ -285,10 +285,14 @@ def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str
             families.setdefault((g.entities, g.where), []).append(g)
     views: list[tuple[str, str, str | None]] = []
     of: dict[str, str] = {}
+    named: set[str] = set()
     for n, ((entities, where), members) in enumerate(families.items()):
         keys = ", ".join(entities)
         cols = list(dict.fromkeys(c for g in members for c in summed_columns(g)))
-        family = "_".join(entities) if n == [e for e, _ in families].index(entities) else f"{'_'.join(entities)}_{n}"
+        family = "_".join(entities)
+        if family in named:  # the same keys under another filter
+            family = f"{family}_{n}"
+        named.add(family)
         views.append((f"events_{family}", "SELECT * FROM events_clean" + (f" WHERE {where}" if where else ""), None))
         slides = sorted({int(g.window.slide.total_seconds()) for g in members})
         finest = slides[0]

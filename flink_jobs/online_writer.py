@@ -42,7 +42,11 @@ class OnlineWriter(MapFunction):
         os.environ.update(self.env)
         from feast import FeatureStore
         from feast.infra.provider import get_provider
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
         from feast.value_type import ValueType
+
+        self.EntityKey, self.Value = EntityKey, Value  # imported once, used for every value
 
         self.store = FeatureStore(repo_path=self.repo_path)
         views = {fv.name: fv for fv in self.store.list_feature_views()}
@@ -66,9 +70,7 @@ class OnlineWriter(MapFunction):
         }
 
     def map(self, batch: Row) -> Row:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
+        EntityKey, Value = self.EntityKey, self.Value
         view = batch[0]
         rows = orjson.loads(batch[1])
         if not rows:  # OnlineBatches primes the writer with an empty batch when the job starts
