@@ -276,7 +276,8 @@ def freshness(
 
 class _StampProbe:
     """Which keys' values in Feast's Redis store are stamped at or after a time: one pipelined HGET of
-    the view's timestamp field per key, the key and field as Feast's Redis store writes them."""
+    the view's timestamp field per key, the key and field as Feast's Redis store writes them (helpers
+    of Feast's own; should a Feast upgrade change that layout, the run reports every value missed)."""
 
     def __init__(self, store):
         from feast.infra.online_stores.helpers import _redis_key
