@@ -153,3 +153,19 @@ def assert_online_matches_offline(cfg, opt) -> None:
                     assert _utc(pd.Timestamp(on)) == _utc(off).floor("s"), f"{group.name}.{f}: {off} vs {on}"
                 else:
                     assert same(off, on), f"{group.name}.{f}: offline {off}, online {on}"
+
+
+def markers(cfg, topic: str, at_ms: int, tag: str = "marker") -> None:
+    """One valid impression at `at_ms` in every partition: it moves the watermark (the lowest partition's)
+    to `at_ms` minus the watermark delay, so a running job fires every window that ends before. The
+    markers' own windows stay open. Event ids are `<tag>-<partition>`."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for part in range(cfg.kafka.partitions):
+        event = {"schema_version": 1, "event_id": f"{tag}-{part}", "user_id": f"marker-{part}", "item_id": "marker",
+                 "item_category": "marker", "event_type": "impression", "position": 1, "propensity": 1.0,
+                 "request_id": f"{tag}-{part}", "source": "simulator", "context": {}, "event_time": at_ms,
+                 "ingest_time": at_ms}  # fmt: skip
+        p.produce(topic, value=orjson.dumps(event), key=event["user_id"].encode(), partition=part)
+    assert p.flush(30) == 0

@@ -5,8 +5,10 @@ from Redis what the offline store holds."""
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import orjson
@@ -27,6 +29,8 @@ from flywheel.kafka import ensure_topics
 from tests.integration.feature_checks import (
     assert_offline_matches_reference,
     assert_online_matches_offline,
+    await_online_matches_offline,
+    markers,
     offline_rows,
     same,
 )
@@ -189,3 +193,46 @@ def test_scoring_builds_the_same_feature_vector_as_training(job):
         assert close.all(), {
             c: (x, y) for c, x, y, ok in zip(dense, a.dense[0], b.dense[0], close[0], strict=True) if not ok
         }
+
+
+def test_a_live_job_writes_each_window_to_redis_as_it_fires(cfg):
+    """Live (the watermark near the wall clock), each window value reaches Redis as its window fires
+    (flink_jobs/jvm OnlineBatches), while the job runs on.
+
+    The bounded runs above cannot show this: the end of their input hands everything over. Here the job
+    never ends before the check, and catch-up flushes are switched off, so only live hand-overs can fill
+    Redis. (A sliding view that lost its watermark on the way to the writer passed every bounded test
+    and never went live.) Events from 3 h to 2 h ago are the backlog; a heartbeat at the wall clock in
+    every partition, each second, keeps the watermark live, as a real stream would."""
+    feast_store.apply(cfg)
+    live = cfg.model_copy(update={"features": cfg.features.model_copy(update={"online_catchup_flush_s": 3600})})
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    opt = features.options(
+        live, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
+        offline_dir=cfg.var_dir / f"offline-{name}", job_name=name,
+    )  # fmt: skip
+    ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
+    sim = simulate(SimConfig(events=3_000, users=150, items=80, categories=5, days=1 / 24, start=start, seed=13))
+    write_records(cfg, sim.keys, sim.values, opt.topic)
+
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        n = 0
+        while not stop.wait(1.0):
+            markers(cfg, opt.topic, int(time.time() * 1000), tag=f"heartbeat{n}")
+            n += 1
+
+    beats = threading.Thread(target=heartbeat, daemon=True)
+    client = features.run(live, opt, wait=False)
+    beats.start()
+    try:
+        began = time.monotonic()
+        await_online_matches_offline(live, opt, timeout_s=180)
+        print(f"Redis matched the committed Parquet {time.monotonic() - began:.1f} s after the heartbeats began")
+        assert client.get_job_status().result().name == "RUNNING"  # live hand-overs, not the end of input
+    finally:
+        stop.set()
+        beats.join()
+        client.cancel().result()

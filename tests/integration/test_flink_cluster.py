@@ -30,7 +30,11 @@ from flywheel.flink_cluster import (
 )
 from flywheel.infra.services import Flink, Redis
 from flywheel.kafka import ensure_topics
-from tests.integration.feature_checks import assert_offline_matches_reference, await_online_matches_offline
+from tests.integration.feature_checks import (
+    assert_offline_matches_reference,
+    await_online_matches_offline,
+    markers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +125,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
         time.sleep(0.05)
     assert flink.up() == "taskmanager restarted"
     write_records(cfg, sim.keys[20_000:], sim.values[20_000:], opt.topic)
-    _markers(cfg, opt.topic, int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000)
+    markers(cfg, opt.topic, int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000)
     _caught_up(cfg, opt, 40_000)
     assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
     await_online_matches_offline(cfg, opt)  # values not yet written were in checkpointed state, then restored
@@ -135,22 +139,6 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     assert log[0] == log[1] == r.aggregated, (log, r.as_dict())
     for name in ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click"):
         assert_offline_matches_reference(cfg, opt, sim, group(name))  # also: no duplicate rows
-
-
-def _markers(cfg, topic: str, at_ms: int) -> None:
-    """One valid event far in the future in every partition: it moves the watermark past all real data,
-    so an unbounded job fires every window of it (the markers' own windows stay open)."""
-    import orjson
-    from confluent_kafka import Producer
-
-    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
-    for part in range(cfg.kafka.partitions):
-        event = {"schema_version": 1, "event_id": f"marker-{part}", "user_id": f"marker-{part}", "item_id": "marker",
-                 "item_category": "marker", "event_type": "impression", "position": 1, "propensity": 1.0,
-                 "request_id": f"marker-{part}", "source": "simulator", "context": {}, "event_time": at_ms,
-                 "ingest_time": at_ms}  # fmt: skip
-        p.produce(topic, value=orjson.dumps(event), key=event["user_id"].encode(), partition=part)
-    assert p.flush(30) == 0
 
 
 def _caught_up(cfg, opt, expected: int, timeout_s: float = 600) -> None:
@@ -204,7 +192,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         write_records(cfg, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
         if interrupted:
             job_id = submit(cfg, args, savepoint=savepoint)
-        _markers(cfg, name, end_ms)
+        markers(cfg, name, end_ms)
         _caught_up(cfg, opt, len(sim.values) + len(late))
         if interrupted:  # Redis was emptied before this run: values pending at the stop came back from the savepoint
             await_online_matches_offline(cfg, opt)
