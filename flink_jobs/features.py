@@ -314,10 +314,10 @@ def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str
     return views, of
 
 
-def group_views(g: FeatureGroup, panes: str | None) -> list[tuple[str, str, str | None]]:
+def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
     """(name, query, rowtime) of the views that end in g_<group>: keys, features, event_timestamp (the
-    window end), only what changed. `panes`: the sliding group's panes view (`pane_views`); a sliding
-    group's g_<group> reads sums_<group>, which `_sliding_sums` registers first."""
+    window end), only what changed. A sliding group's g_<group> reads sums_<group>, which
+    `_sliding_sums` registers from the group's panes view (`pane_views`) first."""
     keys = ", ".join(g.entities)
     if not g.emits_changes:
         src = f"events_{g.name}"
@@ -372,7 +372,7 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
     out = jvm.io.flywheel.flink.SlidingSums.outputType(",".join(keys), ",".join(cols))
     size_ms = int(g.window.size.total_seconds() * 1000)
     sums = (
-        j.keyBy(jvm.io.flywheel.flink.SlidingSums.Key(len(keys)))
+        j.keyBy(jvm.io.flywheel.flink.RowKey(len(keys)))
         .process(jvm.io.flywheel.flink.SlidingSums(len(keys), len(cols), size_ms), out)
         .name(f"sliding-sums-{g.name}")
     )
@@ -549,7 +549,7 @@ def build(cfg: Settings, opt: JobOptions):
     for g in GROUPS:
         if g.emits_changes:
             _sliding_sums(t_env, g, panes[g.name])
-        *steps, (name, query, _) = group_views(g, panes.get(g.name))
+        *steps, (name, query, _) = group_views(g)
         register(steps)
         values[g.name] = _stream_view(t_env, name, query)  # g_<group>: read by Parquet and the online writer
         t_env.execute_sql(_offline_sink(g, opt))

@@ -281,30 +281,35 @@ class _StampProbe:
 
     def __init__(self, store):
         from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from google.protobuf.timestamp_pb2 import Timestamp
 
-        self.store, self._redis_key = store, _redis_key
-        self.client = store._get_provider().online_store._get_client(store.config.online_store)
+        cfg = store.config
+        self.client = store._get_provider().online_store._get_client(cfg.online_store)
+        self._timestamp = Timestamp
+
+        def redis_key(key: str, value: str) -> bytes:
+            entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=value)])
+            return _redis_key(cfg.project, entity, cfg.entity_key_serialization_version)
+
+        self._redis_key = redis_key
         self.keys: dict[tuple[str, str], bytes] = {}
 
     def _key(self, key: str, value: str) -> bytes:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
         if (key, value) not in self.keys:
-            entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=value)])
-            cfg = self.store.config
-            self.keys[(key, value)] = self._redis_key(cfg.project, entity, cfg.entity_key_serialization_version)
+            self.keys[(key, value)] = self._redis_key(key, value)
         return self.keys[(key, value)]
 
     def stamped_since(self, view: str, key: str, values: list[str], since_s: int) -> list[str]:
-        from google.protobuf.timestamp_pb2 import Timestamp
-
         with self.client.pipeline(transaction=False) as pipe:
             for v in values:
                 pipe.hget(self._key(key, v), f"_ts:{view}")
             stamps = pipe.execute()
         return [
-            v for v, raw in zip(values, stamps, strict=True) if raw and Timestamp.FromString(raw).seconds >= since_s
+            v
+            for v, raw in zip(values, stamps, strict=True)
+            if raw and self._timestamp.FromString(raw).seconds >= since_s
         ]
 
 

@@ -129,10 +129,7 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
     }
 
     private void keep(Row row) {
-        String key = (String) row.getField(0);
-        for (int i = 1; i < keys.length; i++) {
-            key = key + '\u0000' + row.getField(i);
-        }
+        String key = RowKey.join(row, keys.length);
         Row seen = latest.get(key);
         if (seen == null || !windowEnd(row).isBefore(windowEnd(seen))) {
             latest.put(key, row);

@@ -11,7 +11,6 @@ import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.util.Collector;
@@ -31,10 +30,10 @@ import org.apache.flink.types.Row;
  * state and timers, and the last two had a network exchange before them. Here one keyed operator does
  * it.
  *
- * <p>Input: the panes as Row(keys..., sums... (BIGINT), t), where t is the pane's window time. Output:
- * Row(keys..., sums..., t) with t the move's time (a LocalDateTime in UTC). The state is each key's
- * running sums and its pending moves (a week of leave moves for the 7-day views). Both are keyed
- * state, checkpointed and restored with the job.
+ * <p>Input: the panes as Row(keys..., sums... (BIGINT), t), where t is the pane's window time, keyed by
+ * {@link RowKey}. Output: Row(keys..., sums..., t) with t the move's time (a LocalDateTime in UTC). The
+ * state is each key's running sums and its pending moves (a week of leave moves for the 7-day views).
+ * Both are keyed state, checkpointed and restored with the job.
  */
 public class SlidingSums extends KeyedProcessFunction<String, Row, Row> {
     private static final TypeInformation<long[]> LONGS = PrimitiveArrayTypeInfo.LONG_PRIMITIVE_ARRAY_TYPE_INFO;
@@ -43,24 +42,6 @@ public class SlidingSums extends KeyedProcessFunction<String, Row, Row> {
     private final long sizeMs;
     private transient ValueState<long[]> running;
     private transient MapState<Long, long[]> pending;
-
-    /** The key of a pane row: its first {@code keys} fields, joined by NUL. */
-    public static class Key implements KeySelector<Row, String> {
-        private final int keys;
-
-        public Key(int keys) {
-            this.keys = keys;
-        }
-
-        @Override
-        public String getKey(Row row) {
-            String key = String.valueOf(row.getField(0));
-            for (int i = 1; i < keys; i++) {
-                key = key + '\u0000' + row.getField(i);
-            }
-            return key;
-        }
-    }
 
     public SlidingSums(int keys, int sums, long sizeMs) {
         this.keys = keys;
@@ -134,7 +115,7 @@ public class SlidingSums extends KeyedProcessFunction<String, Row, Row> {
             running.update(total);
         }
         Row row = new Row(keys + sums + 1);
-        String[] parts = ctx.getCurrentKey().split("\u0000", -1);
+        String[] parts = RowKey.split(ctx.getCurrentKey());
         for (int i = 0; i < keys; i++) {
             row.setField(i, parts[i]);
         }
