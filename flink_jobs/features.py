@@ -470,7 +470,8 @@ def environment(cfg: Settings, opt: JobOptions):
     # incremental checkpoints, is the choice when the keys outgrow the heap.
     tc.set("state.backend.type", cfg.features.state_backend)
     tc.set("execution.checkpointing.incremental", str(cfg.features.state_backend == "rocksdb").lower())
-    tc.set("execution.checkpointing.dir", (cfg.var_dir / "flink" / "checkpoints").as_uri())
+    tc.set("execution.checkpointing.dir", cfg.checkpoint_uri)
+    tc.set("execution.checkpointing.savepoint-dir", cfg.savepoint_uri)
     tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     # Aligned checkpoints: unaligned ones were tried and persisted the in-flight window output (150 MB
     # for 20k events) and doubled the run time.

@@ -105,7 +105,7 @@ def cancel(cfg: Settings, job_id: str, timeout_s: float = 120) -> None:
 
 def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> str:
     """Stop the job with a savepoint; returns the savepoint path."""
-    target = (cfg.var_dir / "flink" / "savepoints").as_uri()
+    target = cfg.savepoint_uri
     r = requests.post(
         f"{cfg.flink.rest_url}/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}, timeout=30
     )
@@ -124,10 +124,21 @@ def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> s
 
 
 def latest_restore_point(cfg: Settings) -> str | None:
-    """The newest savepoint or retained checkpoint of the feature job (a folder holding _metadata)."""
-    root = cfg.var_dir / "flink"
-    candidates = [p.parent for p in (root / "savepoints").glob("*/_metadata")]
-    candidates += [p.parent for p in (root / "checkpoints").glob("*/chk-*/_metadata")]
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda p: (p / "_metadata").stat().st_mtime))
+    """The newest savepoint or retained checkpoint of the feature job (a folder holding _metadata), in
+    the configured storage: a local path, or a URI pyarrow can list (s3://, gs://, hdfs://)."""
+    from pyarrow import fs
+
+    found: list[tuple] = []
+    for uri, prefix in ((cfg.savepoint_uri, "savepoint-"), (cfg.checkpoint_uri, "chk-")):
+        store, root = fs.FileSystem.from_uri(uri)
+        try:
+            infos = store.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+        except OSError as e:
+            raise FlinkError(f"cannot list {uri} to find a restore point: {e}") from e
+        # pyarrow paths drop the URI's scheme (and an hdfs:// authority): put them back for `flink run`.
+        scheme = "" if isinstance(store, fs.LocalFileSystem) else uri[: len(uri) - len(root)]
+        for info in infos:
+            folder = info.path.rsplit("/", 1)[0]
+            if info.base_name == "_metadata" and folder.rsplit("/", 1)[-1].startswith(prefix):
+                found.append((info.mtime, scheme + folder))
+    return max(found)[1] if found else None

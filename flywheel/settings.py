@@ -132,6 +132,8 @@ class FeatureJobSettings(_Model):
     online_batch_size: int
     online_live_lag_s: int
     online_catchup_flush_s: int
+    checkpoint_dir: str | None = None  # a path or a URI (s3://...); None: <var_dir>/flink/checkpoints
+    savepoint_dir: str | None = None  # likewise; None: <var_dir>/flink/savepoints
 
 
 class LabelSettings(_Model):
@@ -232,8 +234,28 @@ class Settings(_Model):
         return self.var_dir / "offline"
 
     @property
+    def checkpoint_uri(self) -> str:
+        """Where the feature job's checkpoints go: durable storage every TaskManager and the JobManager
+        can reach (a local path only serves a one-machine cluster)."""
+        return _storage_uri(self.features.checkpoint_dir, self.var_dir / "flink" / "checkpoints")
+
+    @property
+    def savepoint_uri(self) -> str:
+        return _storage_uri(self.features.savepoint_dir, self.var_dir / "flink" / "savepoints")
+
+    @property
     def secrets_file(self) -> Path:
         return self.var_dir / "secrets.env"
+
+
+def _storage_uri(given: str | None, default: Path) -> str:
+    """A URI as it is (s3://bucket/x, hdfs://..., file:///x); a path as a file URI, relative to the repo."""
+    if given is None:
+        return default.as_uri()
+    if "://" in given:
+        return given
+    path = Path(given)
+    return (path if path.is_absolute() else REPO_ROOT / path).as_uri()
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

@@ -36,3 +36,38 @@ def test_local_secrets_file_is_read_but_environment_wins(tmp_path):
 def test_no_secrets_in_the_committed_config():
     text = (REPO_ROOT / "flywheel.yaml").read_text()
     assert "password:" not in text and "requirepass" not in text
+
+
+def test_checkpoint_and_savepoint_storage_take_a_path_or_a_uri(tmp_path):
+    cfg = load_settings({"FLYWHEEL_VAR_DIR": str(tmp_path)})
+    assert cfg.checkpoint_uri == (tmp_path / "flink" / "checkpoints").as_uri()
+    assert cfg.savepoint_uri == (tmp_path / "flink" / "savepoints").as_uri()
+    cfg = load_settings(
+        {
+            "FLYWHEEL_VAR_DIR": str(tmp_path),
+            "FLYWHEEL_FEATURES__CHECKPOINT_DIR": "s3://bucket/flywheel/checkpoints",
+            "FLYWHEEL_FEATURES__SAVEPOINT_DIR": "shared/savepoints",
+        }
+    )
+    assert cfg.checkpoint_uri == "s3://bucket/flywheel/checkpoints"
+    assert cfg.savepoint_uri == (REPO_ROOT / "shared" / "savepoints").as_uri()
+
+
+def test_the_newest_savepoint_or_retained_checkpoint_is_the_restore_point(tmp_path):
+    import os
+
+    from flywheel.flink_cluster import latest_restore_point
+
+    cfg = load_settings({"FLYWHEEL_VAR_DIR": str(tmp_path)})
+    assert latest_restore_point(cfg) is None  # nothing there yet, not even the folders
+    points = [
+        tmp_path / "flink" / "savepoints" / "savepoint-3f2a1b-0c9d8e7f6a5b",
+        tmp_path / "flink" / "checkpoints" / "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c" / "chk-12",
+        tmp_path / "flink" / "checkpoints" / "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c" / "chk-13",
+    ]
+    for age, point in zip((30, 10, 20), points, strict=True):
+        point.mkdir(parents=True)
+        (point / "_metadata").write_bytes(b"x")
+        os.utime(point / "_metadata", (1_800_000_000 - age, 1_800_000_000 - age))
+    (tmp_path / "flink" / "checkpoints" / "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c" / "shared").mkdir()
+    assert latest_restore_point(cfg) == str(points[1])
