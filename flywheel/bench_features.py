@@ -421,6 +421,7 @@ def _chart(cfg: Settings, f: dict) -> None:
     ax.set_xlabel(f"sustained events/s, {SHAPE['events']:,} simulator events, parallelism 2")
     ax.invert_yaxis()
     ax.set_xlim(0, max(bars.values()) * 1.35)
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:,.0f}k")  # full numbers overlap at this width
     fig.tight_layout()
     fig.savefig(cfg.var_dir / "bench" / "features.png", dpi=110)
     plt.close(fig)
