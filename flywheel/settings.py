@@ -253,7 +253,7 @@ def _storage_uri(given: str | None, default: Path) -> str:
     if given is None:
         return default.as_uri()
     if "://" in given:
-        return given
+        return given.rstrip("/")
     path = Path(given)
     return (path if path.is_absolute() else REPO_ROOT / path).as_uri()
 

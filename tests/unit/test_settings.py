@@ -45,7 +45,7 @@ def test_checkpoint_and_savepoint_storage_take_a_path_or_a_uri(tmp_path):
     cfg = load_settings(
         {
             "FLYWHEEL_VAR_DIR": str(tmp_path),
-            "FLYWHEEL_FEATURES__CHECKPOINT_DIR": "s3://bucket/flywheel/checkpoints",
+            "FLYWHEEL_FEATURES__CHECKPOINT_DIR": "s3://bucket/flywheel/checkpoints/",
             "FLYWHEEL_FEATURES__SAVEPOINT_DIR": "shared/savepoints",
         }
     )
