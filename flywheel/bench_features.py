@@ -10,6 +10,7 @@ of input. So each Flink job also runs on a small topic of the same traffic, and 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -291,17 +292,12 @@ class _StampProbe:
         self.client = store._get_provider().online_store._get_client(cfg.online_store)
         self._timestamp = Timestamp
 
+        @functools.cache  # the same keys every round
         def redis_key(key: str, value: str) -> bytes:
             entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=value)])
             return _redis_key(cfg.project, entity, cfg.entity_key_serialization_version)
 
-        self._redis_key = redis_key
-        self.keys: dict[tuple[str, str], bytes] = {}
-
-    def _key(self, key: str, value: str) -> bytes:
-        if (key, value) not in self.keys:
-            self.keys[(key, value)] = self._redis_key(key, value)
-        return self.keys[(key, value)]
+        self._key = redis_key
 
     def stamped_since(self, view: str, key: str, values: list[str], since_s: int) -> list[str]:
         with self.client.pipeline(transaction=False) as pipe:
