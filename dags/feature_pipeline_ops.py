@@ -9,7 +9,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from flywheel.retrain_dag import COMMON
+from flywheel.orchestration.dags import COMMON
 
 
 @dag(
@@ -22,13 +22,13 @@ from flywheel.retrain_dag import COMMON
 def feature_pipeline_ops():
     @task
     def feast_apply() -> dict:
-        from flywheel import dag_tasks
+        from flywheel.orchestration import tasks as dag_tasks
 
         return dag_tasks.feast_apply_if_changed()
 
     @task
     def ensure_feature_job() -> dict:
-        from flywheel import dag_tasks
+        from flywheel.orchestration import tasks as dag_tasks
 
         return dag_tasks.ensure_feature_job()
 
@@ -38,7 +38,7 @@ def feature_pipeline_ops():
 
     @task
     def backfill_online() -> dict:
-        from flywheel import dag_tasks
+        from flywheel.orchestration import tasks as dag_tasks
 
         ctx = get_current_context()
         end = ctx["data_interval_end"]

@@ -1,7 +1,7 @@
 """Airflow DAG, monthly: train from scratch on the full history window, same gates as the weekly DAG.
 1st of the month, 04:00 UTC."""
 
-from flywheel.retrain_dag import retrain_dag
+from flywheel.orchestration.dags import retrain_dag
 
 retrain_monthly_full = retrain_dag(
     "retrain_monthly_full",

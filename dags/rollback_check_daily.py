@@ -6,7 +6,7 @@ from __future__ import annotations
 from airflow.sdk import dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from flywheel.retrain_dag import COMMON
+from flywheel.orchestration.dags import COMMON
 
 
 @dag(
@@ -18,7 +18,7 @@ from flywheel.retrain_dag import COMMON
 def rollback_check_daily():
     @task
     def rollback_check() -> dict:
-        from flywheel import dag_tasks
+        from flywheel.orchestration import tasks as dag_tasks
 
         return dag_tasks.rollback_check(get_current_context()["data_interval_end"])
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
 from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
-from flywheel.feast_store import FEATURE_REPO, feast_env
+from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.settings import Settings
 
 SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "timestamp": "TIMESTAMP(3)"}
@@ -494,7 +494,7 @@ def environment(cfg: Settings, opt: JobOptions):
 
 def build(cfg: Settings, opt: JobOptions):
     """Create the environment and declare the whole job. Returns (stream env, statement set)."""
-    from flywheel.kafka import ensure_topics
+    from flywheel.clients.kafka import ensure_topics
 
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)

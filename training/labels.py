@@ -80,7 +80,13 @@ ORDER BY i.event_timestamp, i.event_id"""
     return con.sql(sql, params={"start": start, "end": end}).to_arrow_table()
 
 
+def log_span(events: list[str] | str, con: duckdb.DuckDBPyConnection | None = None) -> tuple[datetime, datetime]:
+    """The first and the latest event time in the log."""
+    con = con or connect()
+    ts = "CAST(event_timestamp AS TIMESTAMPTZ)"
+    return con.execute(f"SELECT min({ts}), max({ts}) FROM {_events_sql(events)}").fetchall()[0]
+
+
 def log_reaches(events: list[str] | str, con: duckdb.DuckDBPyConnection | None = None) -> datetime | None:
     """The latest event time in the log: labels are final up to this minus the attribution window."""
-    con = con or connect()
-    return con.execute(f"SELECT max(CAST(event_timestamp AS TIMESTAMPTZ)) FROM {_events_sql(events)}").fetchall()[0][0]
+    return log_span(events, con)[1]

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import REPO_ROOT
 
 ALIASES = ("champion", "previous")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(FlywheelError):
     pass
 
 

@@ -71,7 +71,7 @@ def online_rows(cfg: Settings, store, user: str, items: list[str], service: str,
 
 def rank(cfg: Settings, user: str, items: list[str], at: datetime | None = None, store=None) -> list[tuple[str, float]]:
     """Items ranked by the champion's predicted click probability, best first."""
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
 
     reg = registry(cfg)
     champion = reg.alias("champion")

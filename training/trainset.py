@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flywheel.errors import FlywheelError
+
 DUCKDB_TYPES = {"Int64": "BIGINT", "Int32": "INTEGER", "Float64": "DOUBLE", "Float32": "FLOAT", "String": "VARCHAR",
                 "UnixTimestamp": "TIMESTAMPTZ", "Bool": "BOOLEAN"}  # fmt: skip
 REQUEST_TIME = "request_time"  # a request-source field of this name is filled with the label's timestamp
@@ -63,9 +65,16 @@ class Plan:
 
 def plan(store, service_name: str) -> Plan:
     """Resolve a feature service in the store's registry into the views to join."""
-    from feast.errors import FeatureViewNotFoundException
+    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
 
-    service = store.get_feature_service(service_name)
+    try:
+        service = store.get_feature_service(service_name)
+    except FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        raise FlywheelError(
+            f"no feature service {service_name!r} in the Feast registry; known: {', '.join(known) or 'none'} "
+            "(define it in feature_repo/feature_services.py, then `flywheel features apply`)"
+        ) from None
     views: dict[str, ViewJoin] = {}
     odfvs, features = [], []
 
@@ -273,6 +282,8 @@ def build(cfg, store, start: datetime, end: datetime, service: str | None = None
     manifest under var/trainsets/<name>. Returns (manifest, output dir)."""
     from training.labels import build_labels, connect, event_log_files, log_reaches
 
+    if end <= start:
+        raise FlywheelError(f"the window is empty: end {end:%Y-%m-%d %H:%M} is not after start {start:%Y-%m-%d %H:%M}")
     service = service or cfg.trainset.feature_service
     name = name or f"{service}_{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import ObdSettings
 
 POLICIES = ("random", "bts")
@@ -50,7 +51,7 @@ def _sdist_url(version: str) -> str:
     for f in files:
         if f["filename"] == name:
             return f["url"]
-    raise RuntimeError(f"{name} is not on PyPI's simple index; check obd.version in flywheel.yaml")
+    raise FlywheelError(f"{name} is not on PyPI's simple index; check obd.version in flywheel.yaml")
 
 
 def fetch(cfg: ObdSettings, build_dir: Path) -> Path:
@@ -63,7 +64,7 @@ def fetch(cfg: ObdSettings, build_dir: Path) -> Path:
         blob = r.read()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != cfg.sha256:
-        raise RuntimeError(
+        raise FlywheelError(
             f"obp-{cfg.version}.tar.gz sha256 {digest} != expected {cfg.sha256} (flywheel.yaml obd.sha256)"
         )
     prefix = f"obp-{cfg.version}/obp/dataset/obd/"
@@ -79,10 +80,10 @@ def fetch(cfg: ObdSettings, build_dir: Path) -> Path:
 
 def csv_path(root: Path, policy: str, campaign: str) -> Path:
     if policy not in POLICIES or campaign not in CAMPAIGNS:
-        raise ValueError(f"unknown OBD slice {policy}/{campaign}: policies {POLICIES}, campaigns {CAMPAIGNS}")
+        raise FlywheelError(f"unknown OBD slice {policy}/{campaign}: policies {POLICIES}, campaigns {CAMPAIGNS}")
     path = root / policy / campaign / f"{campaign}.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `make setup` (downloads the Open Bandit sample)")
+        raise FlywheelError(f"{path} missing: run `make setup` (downloads the Open Bandit sample)")
     return path
 
 

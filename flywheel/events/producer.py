@@ -6,7 +6,7 @@ within a partition, and strict: a record that Kafka did not acknowledge raises a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -90,3 +90,19 @@ class EventProducer:
     def __exit__(self, exc_type, *_: Any) -> None:
         if exc_type is None:
             self.flush()
+
+
+def write_records(
+    kafka: KafkaSettings, keys: Sequence[bytes], values: Sequence[bytes], topic: str, progress: bool = True
+) -> int:
+    """Raw records (malformed ones included) through the one producer, into a topic created if missing."""
+    from tqdm import tqdm
+
+    from flywheel.clients.kafka import ensure_topics
+
+    ensure_topics(kafka, [topic])
+    with EventProducer(kafka, topic, validate_events=False) as producer:
+        pairs = zip(keys, values, strict=True)
+        for k, v in tqdm(pairs, total=len(values), unit="rec", desc=f"→ {topic}", disable=not progress):
+            producer.send_raw(v, k)
+    return producer.sent

@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from flywheel.infra import stack
-from flywheel.kafka import ensure_topics
+from flywheel.clients.kafka import ensure_topics
 from flywheel.settings import Settings, load_settings
+from flywheel.stack import control as stack
 
 CORE = ["kafka", "redis", "flink"]
 

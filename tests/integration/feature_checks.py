@@ -15,7 +15,7 @@ import pandas as pd
 
 from feature_repo.spec import GROUPS, FeatureGroup
 from flink_jobs.features import committed_parquet
-from flywheel import feast_store
+from flywheel.clients import feast_store
 from flywheel.events.consumer import read_topic
 from flywheel.events.schema import parse
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from flywheel.infra import stack
-from flywheel.infra.services import Airflow
+from flywheel.stack import control as stack
+from flywheel.stack.services import Airflow
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flink_jobs import features
-from flywheel import feast_store
-from flywheel.cli import write_records
+from flywheel.clients import feast_store
+from flywheel.clients.kafka import ensure_topics
+from flywheel.events.producer import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
-from flywheel.infra.services import Redis
-from flywheel.kafka import ensure_topics
 from flywheel.settings import REPO_ROOT
+from flywheel.stack.services import Redis
 from training import pipeline
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def stack(cfg, tmp_path_factory):
         drift_kind="layout",
     )
     sim = simulate(SimConfig(events=50_000, users=300, items=80, categories=6, days=39.5, faults=faults, seed=5))
-    write_records(cfg, sim.keys, sim.values, opt.topic)
+    write_records(cfg.kafka, sim.keys, sim.values, opt.topic)
     features.run(cfg, opt)
 
     home = tmp_path_factory.mktemp("airflow")

@@ -16,16 +16,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from benchmarks import passthrough
 from feature_repo.spec import GROUPS, group
-from flink_jobs import features, passthrough
+from flink_jobs import features
 from flink_jobs.reconcile import reconcile
-from flywheel import feast_store
-from flywheel.cli import write_records
+from flywheel.clients import feast_store
+from flywheel.clients.kafka import ensure_topics
 from flywheel.events.consumer import read_topic
+from flywheel.events.producer import write_records
 from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
-from flywheel.infra.services import Redis
-from flywheel.kafka import ensure_topics
+from flywheel.stack.services import Redis
 from tests.integration.feature_checks import (
     assert_offline_matches_reference,
     assert_online_matches_offline,
@@ -51,7 +52,7 @@ def job(cfg):
     )
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     sim = simulate(SimConfig(events=6_000, users=250, items=120, categories=6, days=1.0, faults=FAULTS, seed=11))
-    write_records(cfg, sim.keys, sim.values, opt.topic)
+    write_records(cfg.kafka, sim.keys, sim.values, opt.topic)
     features.run(cfg, opt)
     return cfg, opt, sim
 
@@ -214,7 +215,7 @@ def test_a_live_job_writes_each_window_to_redis_as_it_fires(cfg):
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
     sim = simulate(SimConfig(events=3_000, users=150, items=80, categories=5, days=1 / 24, start=start, seed=13))
-    write_records(cfg, sim.keys, sim.values, opt.topic)
+    write_records(cfg.kafka, sim.keys, sim.values, opt.topic)
 
     stop = threading.Event()
 

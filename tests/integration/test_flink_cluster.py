@@ -14,12 +14,8 @@ import pytest
 from feature_repo.spec import GROUPS, group
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
-from flywheel import feast_store
-from flywheel.cli import write_records
-from flywheel.events.consumer import read_topic
-from flywheel.events.schema import parse
-from flywheel.events.simulator import Faults, SimConfig, simulate
-from flywheel.flink_cluster import (
+from flywheel.clients import feast_store
+from flywheel.clients.flink import (
     cancel,
     checkpoints,
     completed_checkpoints,
@@ -28,8 +24,12 @@ from flywheel.flink_cluster import (
     submit,
     wait_state,
 )
-from flywheel.infra.services import Flink, Redis
-from flywheel.kafka import ensure_topics
+from flywheel.clients.kafka import ensure_topics
+from flywheel.events.consumer import read_topic
+from flywheel.events.producer import write_records
+from flywheel.events.schema import parse
+from flywheel.events.simulator import Faults, SimConfig, simulate
+from flywheel.stack.services import Flink, Redis
 from tests.integration.feature_checks import (
     assert_offline_matches_reference,
     await_online_matches_offline,
@@ -55,7 +55,7 @@ def _prepare(cfg, sim_cfg: SimConfig, first: int | None = None):
     )
     ensure_topics(cfg.kafka, [name])
     sim = simulate(sim_cfg)
-    write_records(cfg, sim.keys[:first], sim.values[:first], name)
+    write_records(cfg.kafka, sim.keys[:first], sim.values[:first], name)
     return opt, sim
 
 
@@ -124,7 +124,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
         assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
         time.sleep(0.05)
     assert flink.up() == "taskmanager restarted"
-    write_records(cfg, sim.keys[20_000:], sim.values[20_000:], opt.topic)
+    write_records(cfg.kafka, sim.keys[20_000:], sim.values[20_000:], opt.topic)
     markers(cfg, opt.topic, int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000)
     _caught_up(cfg, opt, 40_000)
     assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
@@ -185,11 +185,11 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         if interrupted:
             Redis(cfg).client().flushdb()
         args = _args(opt)[1:]  # unbounded
-        write_records(cfg, sim.keys[:half], sim.values[:half], name)
+        write_records(cfg.kafka, sim.keys[:half], sim.values[:half], name)
         job_id = submit(cfg, args)
         _second_checkpoint(cfg, job_id)
         savepoint = stop_with_savepoint(cfg, job_id) if interrupted else None
-        write_records(cfg, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
+        write_records(cfg.kafka, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
         if interrupted:
             job_id = submit(cfg, args, savepoint=savepoint)
         markers(cfg, name, end_ms)

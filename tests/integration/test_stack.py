@@ -11,10 +11,10 @@ import redis as redis_lib
 
 from flywheel.events.consumer import count_topic, read_topic
 from flywheel.events.producer import EventProducer
-from flywheel.infra import stack
-from flywheel.infra.processes import InfraError
-from flywheel.infra.services import Kafka, Redis
 from flywheel.settings import load_settings
+from flywheel.stack import control as stack
+from flywheel.stack.processes import InfraError
+from flywheel.stack.services import Kafka, Redis
 from tests.events import make_event
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_status_reports_health_urls_and_slots(cfg):
 
 
 def test_kafka_topics_created(cfg):
-    from flywheel.kafka import admin
+    from flywheel.clients.kafka import admin
 
     topics = admin(cfg.kafka).list_topics(timeout=10).topics
     for name in (cfg.kafka.topics.events, cfg.kafka.topics.dead_letter, cfg.kafka.topics.late):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from flywheel.infra.processes import ManagedProcess, port_open
+from flywheel.stack.processes import ManagedProcess, port_open
 
 
 def test_start_and_stop_by_pid_file(tmp_path):

@@ -56,7 +56,7 @@ def test_checkpoint_and_savepoint_storage_take_a_path_or_a_uri(tmp_path):
 def test_the_newest_savepoint_or_retained_checkpoint_is_the_restore_point(tmp_path):
     import os
 
-    from flywheel.flink_cluster import latest_restore_point
+    from flywheel.clients.flink import latest_restore_point
 
     cfg = load_settings({"FLYWHEEL_VAR_DIR": str(tmp_path)})
     assert latest_restore_point(cfg) is None  # nothing there yet, not even the folders

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.feast_store import isolated_store
+from flywheel.clients.feast_store import isolated_store
 from flywheel.settings import LabelSettings
 from training import synthetic, trainset
 from training.labels import build_labels, connect

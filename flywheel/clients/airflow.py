@@ -9,11 +9,12 @@ from datetime import datetime
 
 import requests
 
-from flywheel.infra.services import Airflow
+from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
+from flywheel.stack.services import Airflow
 
 
-class AirflowRunError(RuntimeError):
+class AirflowRunError(FlywheelError):
     pass
 
 

@@ -207,7 +207,7 @@ def processor_seconds(cfg: Settings, topic: str, events: int, log=print) -> floa
 def _entity_keys(cfg: Settings, delete: bool) -> int:
     """How many entity keys of the benchmark's Feast project Redis holds (Feast's Redis keys end with the
     project name), deleting them if asked."""
-    from flywheel.infra.services import Redis
+    from flywheel.stack.services import Redis
 
     client = Redis(cfg).client()
     keys = list(client.scan_iter(match=f"*{PROJECT}", count=10_000))

@@ -20,15 +20,15 @@ from pathlib import Path
 import redis
 import requests
 
-from flywheel.infra.processes import (
+from flywheel.clients.kafka import broker_ready, ensure_topics
+from flywheel.settings import REPO_ROOT, Settings, is_loopback
+from flywheel.stack.processes import (
     InfraError,
     ManagedProcess,
     port_open,
     require_free_port,
     wait_until,
 )
-from flywheel.kafka import broker_ready, ensure_topics
-from flywheel.settings import REPO_ROOT, Settings, is_loopback
 
 
 @dataclass

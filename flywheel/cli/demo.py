@@ -14,12 +14,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from flywheel.clients.kafka import delete_topics, ensure_topics
 from flywheel.events import obd
 from flywheel.events.consumer import read_topic
 from flywheel.events.producer import EventProducer
-from flywheel.infra import stack
-from flywheel.infra.services import Redis
-from flywheel.kafka import delete_topics, ensure_topics
+from flywheel.stack import control as stack
+from flywheel.stack.services import Redis
 from validation.suites import data_docs_path
 
 
@@ -82,7 +82,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     from feature_repo.spec import group
     from flink_jobs import features
     from flink_jobs.reconcile import reconcile
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
 
     console.rule("3. PyFlink feature job: Kafka → windowed features → Parquet + Redis (Feast)")
     feast_store.apply(cfg)
@@ -161,7 +161,7 @@ def training_stage(cfg, console: Console, first_ms: int, last_ms: int) -> str | 
     """Trigger the weekly retraining DAG on Airflow for the replayed week and report its decision."""
     from datetime import UTC, datetime, timedelta
 
-    from flywheel.airflow_api import trigger_and_wait
+    from flywheel.clients.airflow import trigger_and_wait
     from training import pipeline, report
 
     console.rule("4. Airflow: retrain_weekly_incremental for the replayed week (GE -> train -> gate -> promote)")

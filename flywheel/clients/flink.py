@@ -15,10 +15,11 @@ from pathlib import Path
 
 import requests
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import REPO_ROOT, Settings
 
 
-class FlinkError(RuntimeError):
+class FlinkError(FlywheelError):
     pass
 
 
@@ -30,7 +31,7 @@ def _flink_home() -> Path:
 
 def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> str:
     """Submit flink_jobs/features.py detached; returns the job id."""
-    from flywheel.infra.services import Flink
+    from flywheel.stack.services import Flink
 
     flink = Flink(cfg)
     env = {**os.environ, "FLYWHEEL_VAR_DIR": str(cfg.var_dir), "PYTHONPATH": str(REPO_ROOT)}

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flywheel.errors import FlywheelError
 
-class InfraError(RuntimeError):
+
+class InfraError(FlywheelError):
     """A service could not be started or reached; the message says what to do about it."""
 
 

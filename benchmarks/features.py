@@ -26,17 +26,17 @@ EASY_RATE = 2_000  # events/s of the second freshness run
 
 
 def _topic_size(cfg: Settings, topic: str) -> int:
+    from flywheel.clients.kafka import admin
     from flywheel.events.consumer import count_topic
-    from flywheel.kafka import admin
 
     return count_topic(cfg.kafka, topic) if topic in admin(cfg.kafka).list_topics(timeout=10).topics else 0
 
 
 def prefill(cfg: Settings, events: int, log=print) -> str:
     """A topic holding exactly `events` simulator events (reused when it already does)."""
-    from flywheel.cli import write_records
+    from flywheel.clients.kafka import admin
+    from flywheel.events.producer import write_records
     from flywheel.events.simulator import SimConfig, simulate
-    from flywheel.kafka import admin
 
     topic = f"flywheel.bench.{events}.{SHAPE['seed']}"
     have = _topic_size(cfg, topic)
@@ -58,7 +58,7 @@ def prefill(cfg: Settings, events: int, log=print) -> str:
             seed=SHAPE["seed"],
         )
     )
-    write_records(cfg, sim.keys, sim.values, topic)
+    write_records(cfg.kafka, sim.keys, sim.values, topic)
     return topic
 
 
@@ -84,16 +84,17 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
     event-log rows repeat an event_id (exactly-once says 0)."""
     import duckdb
 
-    from flink_jobs import features, passthrough
-    from flywheel.bench import _timed
+    from benchmarks import passthrough
+    from benchmarks.results import timed
+    from flink_jobs import features
 
     opt = _job_options(cfg, topic, online=job != "offline")
     stop = threading.Event()
     threading.Thread(target=_progress, args=(cfg, opt.group_id, stop, log), daemon=True).start()
     try:
         if job == "passthrough":
-            return _timed(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log)[0], None
-        seconds, _ = _timed(f"feature job ({job}) on {topic}", lambda: features.run(cfg, opt), log)
+            return timed(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log)[0], None
+        seconds, _ = timed(f"feature job ({job}) on {topic}", lambda: features.run(cfg, opt), log)
         rows, distinct = duckdb.sql(
             f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
         ).fetchall()[0]
@@ -106,7 +107,7 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
 
 def _clean_up(cfg: Settings, opt, *topics: str, log=print) -> None:
     """A run leaves nothing behind: its Parquet, its topics and its consumer group."""
-    from flywheel.kafka import admin, delete_topics
+    from flywheel.clients.kafka import admin, delete_topics
 
     shutil.rmtree(opt.offline_dir, ignore_errors=True)
     try:
@@ -118,7 +119,7 @@ def _clean_up(cfg: Settings, opt, *topics: str, log=print) -> None:
 
 def _progress(cfg: Settings, group_id: str, stop: threading.Event, log, every_s: float = 30) -> None:
     """Log the job's committed offsets every `every_s` (they advance with each checkpoint)."""
-    from flywheel.kafka import committed_offsets
+    from flywheel.clients.kafka import committed_offsets
 
     t0 = time.monotonic()
     while not stop.wait(every_s):
@@ -201,9 +202,9 @@ def freshness(
     import numpy as np
 
     from flink_jobs import features
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
+    from flywheel.clients.kafka import ensure_topics
     from flywheel.events.simulator import SimConfig, simulate
-    from flywheel.kafka import ensure_topics
 
     slide = WINDOWS_MS["1h"] // 1000
     delay = cfg.features.watermark_delay_s
@@ -352,14 +353,14 @@ def _pane_keys(values: list[bytes], lo_ms: int, hi_ms: int) -> tuple[list[str], 
 
 def run(cfg: Settings, log=print) -> dict:
     """All figures; each is merged into results.json as soon as it is measured (the run is long)."""
-    from flywheel.bench import merge_results
-    from flywheel.bench_spark import processor_seconds
+    from benchmarks.results import merge
+    from benchmarks.spark_processor import processor_seconds
 
     figures: dict = {"features_bench_shape": ", ".join(f"{k}={v}" for k, v in SHAPE.items()) + f", calibration={SMALL}"}
 
     def keep(**new) -> None:
         figures.update(new)
-        merge_results(cfg, figures)
+        merge(cfg, figures)
 
     n = SHAPE["events"]
     big, small = prefill(cfg, n, log), prefill(cfg, SMALL, log)

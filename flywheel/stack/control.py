@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable
 
-from flywheel.infra.services import SERVICES, Service, Status, ensure_local_secrets
 from flywheel.settings import Settings, load_settings
+from flywheel.stack.processes import InfraError
+from flywheel.stack.services import SERVICES, Service, Status, ensure_local_secrets
 
 ORDER = ["kafka", "redis", "flink", "airflow"]
 
@@ -15,7 +16,7 @@ def _select(names: Iterable[str] | None) -> list[str]:
     chosen = list(names) if names else ORDER
     unknown = [n for n in chosen if n not in SERVICES]
     if unknown:
-        raise ValueError(f"unknown service(s) {unknown}; choose from {ORDER}")
+        raise InfraError(f"unknown service(s) {unknown}; choose from {ORDER}")
     return [n for n in ORDER if n in chosen]
 
 

@@ -20,7 +20,7 @@ def _key(kind: str, end: datetime) -> str:
 def build_trainset(start: datetime, end: datetime, mode: str) -> str:
     """The training set for a retraining run ending at `end`: the last 7 days (incremental) or the full
     history window (full). Its name carries the interval, so a re-run rewrites the same folder."""
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
     from training import trainset
 
     cfg = load_settings()
@@ -111,7 +111,7 @@ def decide(version: str) -> dict:
 
 def rollback_check(end: datetime) -> dict:
     """Score champion and previous on labels since the last promotion; roll back if the champion is worse."""
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
     from training import pipeline, trainset
 
     cfg = load_settings()
@@ -142,7 +142,7 @@ def rollback_check(end: datetime) -> dict:
 def ensure_feature_job() -> dict:
     """The Flink feature job runs on the cluster: if not, resume it from its latest savepoint or retained
     checkpoint, or submit it fresh."""
-    from flywheel import flink_cluster
+    from flywheel.clients import flink as flink_cluster
 
     cfg = load_settings()
     jobs = flink_cluster.list_jobs(cfg)
@@ -160,7 +160,7 @@ def feast_apply_if_changed() -> dict:
     """`feast apply` when feature_repo/ changed since the last apply (content hash)."""
     import hashlib
 
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
 
     cfg = load_settings()
     h = hashlib.sha256()
@@ -178,7 +178,7 @@ def feast_apply_if_changed() -> dict:
 
 def backfill_online(start: datetime, end: datetime) -> dict:
     """Load the offline values of [start, end) into Redis (Feast materialize): after a Redis loss."""
-    from flywheel import feast_store
+    from flywheel.clients import feast_store
 
     cfg = load_settings()
     feast_store.store(cfg).materialize(start_date=start, end_date=end)

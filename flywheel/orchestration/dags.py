@@ -1,5 +1,5 @@
 """The retraining DAG shape shared by the weekly incremental and the monthly full DAG (one definition, two
-schedules). Each task is a call into flywheel.dag_tasks; the DAG file only wires them."""
+schedules). Each task is a call into flywheel.orchestration.tasks; the DAG file only wires them."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
     def retrain():
         @task
         def build_training_set() -> str:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             ctx = get_current_context()
             return dag_tasks.build_trainset(ctx["data_interval_start"], ctx["data_interval_end"], mode)
 
         @task
         def validate_data(trainset_dir: str) -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return dag_tasks.validate(trainset_dir)
 
@@ -49,45 +49,45 @@ def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
 
         @task
         def block_on_data(trainset_dir: str, result: dict) -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             ctx = get_current_context()
             return dag_tasks.record_blocked(trainset_dir, result["reasons"], f"{mode}:{ctx['data_interval_end']}")
 
         @task
         def train_candidate(trainset_dir: str) -> str:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             ctx = get_current_context()
             return dag_tasks.train(trainset_dir, mode, f"{mode}:{ctx['data_interval_end'].isoformat()}")
 
         @task
         def evaluate(version: str) -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return dag_tasks.evaluation_report(version)
 
         @task.branch
         def gate(version: str) -> str:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return "promote" if not dag_tasks.gate(version) else "keep_champion"
 
         @task
         def promote(version: str) -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return dag_tasks.decide(version)
 
         @task
         def keep_champion(version: str) -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return dag_tasks.decide(version)  # records the rejection and its reasons
 
         @task(trigger_rule="none_failed_min_one_success")
         def rollback_check() -> dict:
-            from flywheel import dag_tasks
+            from flywheel.orchestration import tasks as dag_tasks
 
             return dag_tasks.rollback_check(get_current_context()["data_interval_end"])
 

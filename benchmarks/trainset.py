@@ -1,52 +1,25 @@
-"""Benchmarks (`make bench`): figures merged into one flat JSON object, var/bench/results.json, plus a PNG.
-
-Performance lives here, not in timed tests: a benchmark reports what it measured and never fails
-because a machine is slow.
-"""
+"""`flywheel bench trainset`: one training set built by our point-in-time join and by Feast's two offline
+stores, timed (figures into var/bench/results.json, chart var/bench/trainset.png)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.results import timed
 from flywheel.settings import Settings
 
 SHAPE = {"labels": 500_000, "feature_rows": 2_000_000, "days": 7, "users": 10_000, "items": 2_000, "categories": 24}
 
 
-def results_path(cfg: Settings) -> Path:
-    return cfg.var_dir / "bench" / "results.json"
-
-
-def merge_results(cfg: Settings, figures: dict) -> dict:
-    """Merge this benchmark's keys into the shared results file (other benchmarks' keys stay)."""
-    path = results_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(figures)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    return current
-
-
-def _timed(label: str, fn, log) -> tuple[float, object]:
-    log(f"  {label} ...")
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    log(f"  {label}: {seconds:.2f}s")
-    return seconds, out
-
-
-def trainset(cfg: Settings, log=print, seed: int = 42) -> dict:
+def run(cfg: Settings, log=print, seed: int = 42) -> dict:
     """The same training set (ranker_v1, 500k labels, 2M feature rows over its 8 views, seeded) built by
     our DuckDB builder, Feast's DuckDB offline store and Feast's default file offline store.
 
     One plain Parquet file per view with zoned timestamps, the shape Feast's file store can read (it
     fails on the feature job's dt=/hr= layout and on zone-less INT96 timestamps)."""
-    from flywheel.feast_store import isolated_store
+    from flywheel.clients.feast_store import isolated_store
     from training import synthetic
     from training import trainset as ts
 
@@ -65,12 +38,12 @@ def trainset(cfg: Settings, log=print, seed: int = 42) -> dict:
     entity["request_time"] = entity["event_timestamp"]
     n = labels.num_rows
 
-    ours_s, ours = _timed("flywheel builder", lambda: ts.point_in_time_join(plan, labels), log)
+    ours_s, ours = timed("flywheel builder", lambda: ts.point_in_time_join(plan, labels), log)
     service = duck.get_feature_service("ranker_v1")
-    duck_s, duck_out = _timed(
+    duck_s, duck_out = timed(
         "feast duckdb store", lambda: duck.get_historical_features(entity, features=service).to_arrow(), log
     )
-    file_s, file_out = _timed(
+    file_s, file_out = timed(
         "feast file store", lambda: file.get_historical_features(entity, features=service).to_arrow(), log
     )
     figures = {
