@@ -1,5 +1,7 @@
 # Flywheel: the commands a newcomer needs. `make setup` is idempotent and runs first everywhere.
-.PHONY: setup demo test test-unit bench lint down
+.PHONY: setup demo test test-unit test-integration bench lint down
+
+PYTEST = .venv/bin/pytest -q --durations=15
 
 setup:
 	@bash infra/setup.sh
@@ -7,11 +9,17 @@ setup:
 demo: setup
 	.venv/bin/flywheel demo
 
+# Unit tests first (seconds to a minute), then the integration tests on the real local stack.
 test: setup
-	.venv/bin/pytest -q tests
+	$(PYTEST) tests/unit
+	$(PYTEST) tests/integration
 
+# The fast unit tests only (the slow ones train models or compare against Feast): a few seconds.
 test-unit: setup
-	.venv/bin/pytest -q tests/unit
+	$(PYTEST) tests/unit -m "not slow"
+
+test-integration: setup
+	$(PYTEST) tests/integration
 
 # The feature benchmark's stretch figure runs Feast's Spark processor: pyspark comes with the bench.
 bench:
@@ -21,7 +29,9 @@ bench:
 	.venv/bin/flywheel bench features
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 down:
 	.venv/bin/flywheel infra down

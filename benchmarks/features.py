@@ -16,11 +16,19 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 from feature_repo.spec import WINDOWS
 from flywheel.settings import Settings
 
-SHAPE = {"events": 2_000_000, "users": 20_000, "items": 2_000, "categories": 24, "days": 7.0, "seed": 17}
+SHAPE: dict[str, Any] = {
+    "events": 2_000_000,
+    "users": 20_000,
+    "items": 2_000,
+    "categories": 24,
+    "days": 7.0,
+    "seed": 17,
+}
 SMALL = 50_000  # the calibration topic: same traffic, fewer events
 EASY_RATE = 2_000  # events/s of the second freshness run
 
@@ -95,7 +103,7 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
         if job == "passthrough":
             return timed(f"passthrough on {topic}", lambda: passthrough.run(cfg, opt), log)[0], None
         seconds, _ = timed(f"feature job ({job}) on {topic}", lambda: features.run(cfg, opt), log)
-        rows, distinct = duckdb.sql(
+        rows, distinct = duckdb.execute(
             f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
         ).fetchall()[0]
         log(f"  event log: {rows:,} rows, {distinct:,} distinct event_ids")
@@ -159,7 +167,7 @@ def naive_consumer(cfg: Settings, topic: str, events: int, log=print) -> float:
             for m in batch:
                 seen += 1
                 try:
-                    e = orjson.loads(m.value())
+                    e = orjson.loads(m.value() or b"")
                     k, t = kinds.get(e["event_type"]), int(e["event_time"])
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from flywheel.settings import Settings
+
+T = TypeVar("T")
 
 
 def path(cfg: Settings) -> Path:
@@ -27,7 +31,7 @@ def merge(cfg: Settings, figures: dict) -> dict:
     return current
 
 
-def timed(label: str, fn, log) -> tuple[float, object]:
+def timed(label: str, fn: Callable[[], T], log: Callable[[str], None]) -> tuple[float, T]:
     log(f"  {label} ...")
     t0 = time.perf_counter()
     out = fn()

@@ -158,7 +158,7 @@ def _store(cfg: Settings, topic: str, work: Path):
                 udf=_window_counts(key, cfg.features.watermark_delay_s),
             )
         )
-    fs.apply(objects)
+    fs.apply(objects)  # type: ignore[arg-type]  # entities, sources and views
     return fs, views
 
 

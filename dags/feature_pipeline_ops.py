@@ -1,6 +1,11 @@
-"""Daily feature-pipeline operations: keep the Flink feature job running (resume from its latest
-savepoint or checkpoint), `feast apply` when feature_repo/ changed, and, when asked, backfill Redis from
-the offline store. Trigger with {"backfill_online_days": 7} to backfill."""
+"""# Feature pipeline operations
+
+Daily 01:00 UTC: `feast apply` when `feature_repo/` changed; keep the Flink feature job running (resume
+it from its newest savepoint or retained checkpoint, else submit it); and, when asked, backfill Redis
+from the offline store.
+
+Trigger with `{"backfill_online_days": 7}` to backfill the last 7 days online.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from flywheel.orchestration.dags import COMMON
     dag_id="feature_pipeline_ops",
     schedule=CronDataIntervalTimetable("0 1 * * *", timezone="UTC"),
     **COMMON,
+    doc_md=__doc__,
     params={"backfill_online_days": Param(0, type="integer", minimum=0, description="0 = no backfill")},
     tags=["flywheel", "features"],
 )

@@ -1,5 +1,10 @@
-"""Daily: score the live champion and the previous model on labels that arrived since the promotion and
-roll back automatically if the champion is worse (training.rollback_max_auc_drop)."""
+"""# Daily rollback check
+
+Scores the champion and the previous model on labels that arrived since the promotion, and rolls back
+automatically if the champion's AUC is lower by more than `training.rollback_max_auc_drop`. Fresh labels
+that fail the quality suite decide nothing. Daily 06:00 UTC; the decision and its reasons go to the
+registry's audit log (`flywheel registry audit`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from flywheel.orchestration.dags import COMMON
     dag_id="rollback_check_daily",
     schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
     **COMMON,
+    doc_md=__doc__,
     tags=["flywheel", "retraining"],
 )
 def rollback_check_daily():

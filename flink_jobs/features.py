@@ -22,6 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
 from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
@@ -46,7 +47,7 @@ class JobOptions:
 
 
 def options(cfg: Settings, **overrides) -> JobOptions:
-    base = dict(
+    base: dict[str, Any] = dict(
         topic=cfg.kafka.topics.events,
         offline_dir=cfg.offline_dir,
         dlq_topic=cfg.kafka.topics.dead_letter,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from pyflink.common import Row, Types
@@ -77,7 +78,7 @@ class OnlineWriter(MapFunction):
             return Row(view, 0, None, int(time.time() * 1000))
         fv, join_keys, fields = self.views[view]
 
-        def proto(name: str, v) -> Value:
+        def proto(name: str, v: Any) -> Any:  # a feast Value
             # As Feast's own conversion: null is an empty Value, a timestamp is whole epoch seconds.
             if v is None:
                 return Value()
@@ -94,5 +95,5 @@ class OnlineWriter(MapFunction):
             )
             for keys, ts, values in rows
         ]
-        self.provider.online_write_batch(self.store.config, fv, data, progress=None)
+        self.provider.online_write_batch(self.store.config, fv, data, progress=None)  # type: ignore[arg-type]
         return Row(view, len(data), max(ts for _, ts, _ in rows), int(time.time() * 1000))

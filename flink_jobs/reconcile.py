@@ -42,8 +42,8 @@ def audit_counts(offline_dir: Path) -> dict[str, int]:
     files = list((offline_dir / "_audit").glob("dt=*/part-*"))
     if not files:
         return {"ontime": 0, "aggregated": 0}
-    rows = duckdb.sql(
-        "SELECT stage, SUM(events) FROM read_parquet($files) GROUP BY stage", params={"files": [str(f) for f in files]}
+    rows = duckdb.execute(
+        "SELECT stage, SUM(events) FROM read_parquet($files) GROUP BY stage", {"files": [str(f) for f in files]}
     ).fetchall()
     return {"ontime": 0, "aggregated": 0, **{stage: int(n) for stage, n in rows}}
 

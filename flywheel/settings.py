@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from flywheel.errors import FlywheelError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "FLYWHEEL_"
 CONFIG_ENV = "FLYWHEEL_CONFIG"
@@ -100,6 +102,13 @@ class AirflowSettings(_Model):
     @property
     def host(self) -> str:
         return urlparse(self.url).hostname or "127.0.0.1"
+
+    def password_value(self) -> str:
+        if self.password is None:
+            raise FlywheelError(
+                "no Airflow password: export FLYWHEEL_AIRFLOW__PASSWORD, or run `flywheel infra up` to generate one"
+            )
+        return self.password.get_secret_value()
 
     @property
     def port(self) -> int:

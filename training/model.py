@@ -51,7 +51,7 @@ class Ranker(nn.Module):
         self.pairs = torch.triu_indices(n, n, offset=1)
         self.top = _mlp([cfg.dim + self.pairs.shape[1], *cfg.top, 1], last_activation=False)
         for emb in self.embeddings:
-            nn.init.normal_(emb.weight, std=0.05)
+            nn.init.normal_(emb.weight, std=0.05)  # type: ignore[arg-type]  # ModuleList items are Embeddings
 
     def forward(self, dense: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
         x = self.bottom(dense)

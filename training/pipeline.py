@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 from training import evaluate as ev
 from training import ope
@@ -74,7 +76,8 @@ def train_config(cfg: Settings, incremental: bool) -> TrainConfig:
 
 def load_model(reg: Registry, version: str) -> tuple[Ranker, ModelConfig]:
     mv = reg.get(version)
-    mcfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in mv.model_config.items()})
+    stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in mv.model_config.items()}
+    mcfg = ModelConfig(**stored)  # lists came back from JSON as lists
     model = Ranker(mcfg)
     model.load_state_dict(reg.load_state(version))
     model.eval()
@@ -122,7 +125,7 @@ def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: p
     hb = to_batch(holdout, mcfg, np.ones(holdout.num_rows))
     p = predict(model, hb)
     y = hb.label.numpy()
-    metrics = {
+    metrics: dict[str, Any] = {
         "auc": ev.auc(y, p),
         "logloss": ev.log_loss(y, p),
         "ece": ev.expected_calibration_error(y, p),
@@ -163,7 +166,7 @@ def off_policy(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: pa.Ta
         "random": ope.uniform_policy(len(keep), cands.num_rows),
         "popularity": ope.popularity_policy(len(keep), clicks),
     }
-    out = {
+    out: dict[str, object] = {
         name: {k: e.as_dict() for k, e in ope.estimate(pi, li, reward, prop, q).items()}
         for name, pi in policies.items()
     }
@@ -211,15 +214,15 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
     champ = load_model(reg, champion.version) if champion else None  # read and checked once
     if mode == "incremental":
         if champ is None:
-            raise ValueError("incremental training needs a champion to start from: run the monthly full DAG first")
+            raise FlywheelError("incremental training needs a champion to start from: run the monthly full DAG first")
         mcfg = champ[1]
     else:
         mcfg = ModelConfig(dense=feature_columns(table, manifest))
-    warm = champ[0].state_dict() if mode == "incremental" else None
+    warm = champ[0].state_dict() if champ is not None and mode == "incremental" else None
     model, curves = fit(train, holdout, mcfg, train_config(cfg, mode == "incremental"), warm_start=warm)
     metrics = evaluate_model(model, mcfg, train, holdout, cfg)
     metrics["curves"] = curves
-    if champ is not None:
+    if champ is not None and champion is not None:
         metrics["champion"] = {"version": champion.version} | evaluate_model(*champ, train, holdout, cfg)
     validation_file = trainset_dir / "validation.json"
     validation = json.loads(validation_file.read_text()) if validation_file.exists() else {}
@@ -298,12 +301,13 @@ def rollback_stage(cfg: Settings, fresh_dir: Path) -> Decision:
     champion is worse by more than the threshold."""
     reg = registry(cfg)
     aliases = reg.aliases()
-    if not aliases["champion"] or not aliases["previous"]:
-        return Decision(aliases["champion"], "no_change", ["no previous model to compare with"])
+    champion, previous = aliases["champion"], aliases["previous"]
+    if not champion or not previous:
+        return Decision(champion, "no_change", ["no previous model to compare with"])
     table, _ = read_trainset(fresh_dir)
     scores = {}
-    for name in ("champion", "previous"):
-        model, mcfg = load_model(reg, aliases[name])
+    for name, version in (("champion", champion), ("previous", previous)):
+        model, mcfg = load_model(reg, version)
         b = to_batch(table, mcfg, np.ones(table.num_rows))
         scores[name] = ev.auc(b.label.numpy(), predict(model, b))
     drop = scores["previous"] - scores["champion"]

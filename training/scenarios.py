@@ -115,7 +115,7 @@ def write(table: pa.Table, out_dir: Path, start: datetime, days: float, name: st
                 not c.startswith("label_")]  # fmt: skip
     plan = Plan("ranker_v1", "1", [], features=features)
     missing_views = [c.removesuffix("__missing") for c in table.column_names if c.endswith("__missing")]
-    plan.views = [_View(v) for v in missing_views]  # only their names matter for the manifest
+    plan.views = [_View(v) for v in missing_views]  # type: ignore[misc]  # only their names matter for the manifest
     write_trainset(
         table, out_dir, plan, name=name, start=start, end=start + timedelta(days=days),
         label_columns=["label_click", "label_purchase"], labels_in=table.num_rows, attribution_window_s=1800,

@@ -12,11 +12,16 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from flywheel.settings import Settings, ValidationSettings
+
+if TYPE_CHECKING:  # GE is imported lazily: it takes seconds
+    from great_expectations.checkpoint.actions import ValidationAction
+    from great_expectations.expectations.expectation import Expectation
 
 log = logging.getLogger(__name__)
 KEYS = ("event_id", "request_id", "user_id", "item_id", "position", "propensity", "event_timestamp")
@@ -76,11 +81,13 @@ def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def quality_expectations(df: pd.DataFrame, features: list[str], labels: list[str], v: ValidationSettings) -> list:
+def quality_expectations(
+    df: pd.DataFrame, features: list[str], labels: list[str], v: ValidationSettings
+) -> list[Expectation]:
     import great_expectations as gx
 
     E = gx.expectations
-    out = [E.ExpectTableRowCountToBeBetween(min_value=v.min_rows, max_value=v.max_rows)]
+    out: list[Expectation] = [E.ExpectTableRowCountToBeBetween(min_value=v.min_rows, max_value=v.max_rows)]
     for c in (*KEYS, *labels, *features):
         out.append(E.ExpectColumnToExist(column=c))
     for c in (*KEYS, *labels):
@@ -117,10 +124,10 @@ def _partition(ref: pd.Series, bins: int) -> dict | None:
     return {"bins": edges.tolist(), "weights": (counts / counts.sum()).tolist()}
 
 
-def drift_expectations(reference: pd.DataFrame, features: list[str], v: ValidationSettings) -> list:
+def drift_expectations(reference: pd.DataFrame, features: list[str], v: ValidationSettings) -> list[Expectation]:
     import great_expectations as gx
 
-    out = []
+    out: list[Expectation] = []
     for c in features:
         if c in reference:  # missing much more often than in the reference: a broken feature pipeline
             present = 1 - float(reference[c].isna().mean())
@@ -183,7 +190,7 @@ def validate(
     try:
         asset = source.get_asset(name)
     except LookupError:
-        asset = source.add_dataframe_asset(name)
+        asset = source.add_dataframe_asset(name)  # type: ignore[attr-defined]  # a pandas source (added above)
     try:
         batch_def = asset.get_batch_definition("whole")
     except KeyError:
@@ -198,7 +205,7 @@ def validate(
         suite = context.suites.add_or_update(suite)
         vd = gx.ValidationDefinition(name=f"{name}_{kind}", data=batch_def, suite=suite)
         defs.append(context.validation_definitions.add_or_update(vd))
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs else []
+    actions: list[ValidationAction] = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs else []
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=defs, actions=actions)
     )
@@ -209,6 +216,7 @@ def validate(
         kind = run.suite_name.rsplit("_", 1)[1]
         for r in run.results:
             cfg_ = r.expectation_config
+            assert cfg_ is not None  # GE sets it on every result of a suite run
             observed = r.result.get("observed_value", r.result.get("unexpected_percent"))
             if isinstance(observed, float) and math.isinf(observed):
                 observed = "inf"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -23,7 +22,7 @@ def fail(msg: str) -> NoReturn:
 class FlywheelGroup(TyperGroup):
     """The root command: a domain error (FlywheelError) becomes one red line and exit 1, not a traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
         except FlywheelError as exc:
@@ -47,7 +46,7 @@ def parse_utc(text: str | None) -> datetime | None:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def utc_option(help: str):
+def utc_option(help: str) -> Any:
     """A typer.Option for an optional UTC time: `Annotated[datetime | None, utc_option("...")]`."""
     return typer.Option(parser=parse_utc, metavar="ISO-TIME", help=help)
 

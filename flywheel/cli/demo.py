@@ -18,6 +18,7 @@ from flywheel.clients.kafka import delete_topics, ensure_topics
 from flywheel.events import obd
 from flywheel.events.consumer import read_topic
 from flywheel.events.producer import EventProducer
+from flywheel.settings import Settings
 from flywheel.stack import control as stack
 from flywheel.stack.services import Redis
 from validation.suites import data_docs_path
@@ -76,7 +77,7 @@ def run(console: Console) -> None:
     console.print("  stop with    .venv/bin/flywheel infra down")
 
 
-def features_stage(cfg, console: Console, last_event_ms: int) -> None:
+def features_stage(cfg: Settings, console: Console, last_event_ms: int) -> None:
     """Run the feature job (embedded, unbounded) until the watermark has passed the replayed data and the
     Feast SDK reads it from Redis, then stop the job and show what landed in Parquet and in Redis."""
     from feature_repo.spec import group
@@ -98,8 +99,8 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
         time.sleep(3)
         files = features.committed_parquet(opt.offline_dir, "user_stats_1h")
         if files:
-            latest = duckdb.sql(
-                "SELECT max(epoch_ms(event_timestamp)) FROM read_parquet($f)", params={"f": files}
+            latest = duckdb.execute(
+                "SELECT max(epoch_ms(event_timestamp)) FROM read_parquet($f)", {"f": files}
             ).fetchall()[0][0]
             done = latest is not None and latest >= target
         console.print(f"  … {time.monotonic() - t0:.0f}s, {len(files)} committed Parquet file(s) for user_stats_1h")
@@ -109,7 +110,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     store = feast_store.store(cfg)
     files = features.committed_parquet(opt.offline_dir, "user_stats_7d")
     recent = "SELECT user_id FROM read_parquet($f) GROUP BY user_id ORDER BY max(event_timestamp) DESC, 1 LIMIT 3"
-    users = [u for (u,) in duckdb.sql(recent, params={"f": files}).fetchall()] if files else []
+    users = [u for (u,) in duckdb.execute(recent, {"f": files}).fetchall()] if files else []
     refs = [
         "user_stats_24h:user_impressions_24h",
         "user_stats_24h:user_clicks_24h",
@@ -121,7 +122,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     # these users (a user who never clicked has no last_click_time anywhere).
     clicked = features.committed_parquet(opt.offline_dir, "user_last_click")
     clickers = (
-        {u for (u,) in duckdb.sql("SELECT DISTINCT user_id FROM read_parquet($f)", params={"f": clicked}).fetchall()}
+        {u for (u,) in duckdb.execute("SELECT DISTINCT user_id FROM read_parquet($f)", {"f": clicked}).fetchall()}
         if clicked
         else set()
     )
@@ -145,7 +146,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     rows = Table("feature view", "Parquet rows")
     for g in features.GROUPS:
         files = features.committed_parquet(opt.offline_dir, g.name)
-        n = duckdb.sql("SELECT count(*) FROM read_parquet($f)", params={"f": files}).fetchall()[0][0] if files else 0
+        n = duckdb.execute("SELECT count(*) FROM read_parquet($f)", {"f": files}).fetchall()[0][0] if files else 0
         rows.add_row(g.name, str(n))
     console.print(rows)
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
@@ -157,7 +158,7 @@ def features_stage(cfg, console: Console, last_event_ms: int) -> None:
     console.print(online.to_string(index=False))
 
 
-def training_stage(cfg, console: Console, first_ms: int, last_ms: int) -> str | None:
+def training_stage(cfg: Settings, console: Console, first_ms: int, last_ms: int) -> str | None:
     """Trigger the weekly retraining DAG on Airflow for the replayed week and report its decision."""
     from datetime import UTC, datetime, timedelta
 
@@ -169,7 +170,7 @@ def training_stage(cfg, console: Console, first_ms: int, last_ms: int) -> str | 
     end = start + timedelta(days=7)
     if last_ms >= end.timestamp() * 1000:
         end = datetime.fromtimestamp(last_ms / 1000 + 1, UTC)
-    run = trigger_and_wait(cfg, "retrain_weekly_incremental", start, end, log=console.print)
+    run = trigger_and_wait(cfg, "retrain_weekly_incremental", start, end, log=console.print, by="demo")
     console.print(f"  DAG run {run['run_id']}: {run['state']}")
     reg = pipeline.registry(cfg)
     for e in reg.audit():
@@ -184,7 +185,7 @@ def training_stage(cfg, console: Console, first_ms: int, last_ms: int) -> str | 
     return versions[-1].version
 
 
-def scoring_stage(cfg, console: Console, version: str | None) -> None:
+def scoring_stage(cfg: Settings, console: Console, version: str | None) -> None:
     """Rank a few items for one user from online features (Feast SDK) with the champion."""
     from training import pipeline
     from training.labels import connect, event_log_files

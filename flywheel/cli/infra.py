@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from flywheel.cli._common import ServicesOpt, console, group, service_names
+from flywheel.stack.services import Status
 
 app = group("The local stack: Kafka (KRaft), Redis, Flink cluster, Airflow.")
 
@@ -49,7 +50,7 @@ def infra_status(services: ServicesOpt = None) -> None:
         raise typer.Exit(1)
 
 
-def print_status(rows) -> None:
+def print_status(rows: list[Status]) -> None:
     t = Table("service", "url", "health", "where", "pid", "detail")
     for r in rows:
         health = "[green]healthy[/]" if r.healthy else "[red]down[/]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,7 +14,7 @@ from flywheel.settings import load_settings
 app = group("Retraining stages: validate, fit, decide (gate + promote), rollback check.")
 
 
-def _trainset(*names: str, help: str):
+def _trainset(*names: str, help: str) -> Any:
     return typer.Option(*names, exists=True, file_okay=False, help=help)
 
 

@@ -44,32 +44,23 @@ def trigger_and_wait(
     end: datetime,
     timeout_s: float = 1200,
     log: Callable[[str], None] = print,
+    by: str = "flywheel",
 ) -> dict:
-    """Run `dag_id` for the data interval [start, end) and wait for it; returns its task states.
-    An earlier run for the same interval is deleted first, so the demo can be repeated."""
+    """Run `dag_id` for the data interval [start, end) and wait for it; returns its task states. The run is
+    named `<by>__<start>_<end>` and noted as triggered by `by`; an earlier run of it is deleted first."""
     wait_parsed(cfg, dag_id)
     url, s = _session(cfg)
-    run_id = f"flywheel__{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
-    paused = s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).json()["is_paused"]
-    if paused:
-        # Unpausing makes the scheduler run the latest interval (today's, empty here) first; with
-        # max_active_runs=1 ours would queue behind it. Let it be created, then remove it.
+    run_id = f"{by}__{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
+    if s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).json()["is_paused"]:
         s.patch(f"{url}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=10).raise_for_status()
-        time.sleep(8)
-        runs = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns", timeout=10).json()["dag_runs"]
-        for r in runs:
-            if r["run_type"] == "scheduled" and r["state"] in ("queued", "running"):
-                log(f"  removing the scheduler's run for the current interval ({r['dag_run_id']})")
-                run_url = f"{url}/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}"
-                s.patch(run_url, json={"state": "failed"}, timeout=10)  # a running run cannot be deleted
-                s.delete(run_url, timeout=10)
+        _drop_catchup_run(url, s, dag_id, log)
     s.delete(f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=10)
     body = {
         "dag_run_id": run_id,
         "logical_date": start.isoformat(),
         "data_interval_start": start.isoformat(),
         "data_interval_end": end.isoformat(),
-        "note": "triggered by flywheel",
+        "note": f"triggered by `flywheel {by}`" if by != "flywheel" else "triggered by flywheel",
     }
     r = s.post(f"{url}/api/v2/dags/{dag_id}/dagRuns", json=body, timeout=30)
     if r.status_code >= 400:
@@ -88,3 +79,24 @@ def trigger_and_wait(
             return {"state": run["state"], "tasks": states, "run_id": run_id}
         time.sleep(3)
     raise AirflowRunError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s: {last}")
+
+
+def _drop_catchup_run(url: str, s: requests.Session, dag_id: str, log: Callable[[str], None]) -> None:
+    """Unpausing makes the scheduler create a run for the latest interval (catchup=False), which would run
+    before ours (max_active_runs=1) on an interval with no data. Wait for it and delete it, so the UI shows
+    only the run that was asked for; fail loudly if it cannot be deleted."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns", timeout=10).json()["dag_runs"]
+        scheduled = [r for r in runs if r["run_type"] == "scheduled" and r["state"] in ("queued", "running")]
+        for r in scheduled:
+            log(f"  removing the run the scheduler created on unpause ({r['dag_run_id']})")
+            run_url = f"{url}/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}"
+            if r["state"] == "running":  # a running run cannot be deleted: stop it first
+                s.patch(run_url, json={"state": "failed"}, timeout=10)
+            s.delete(run_url, timeout=10)
+            if s.get(run_url, timeout=10).status_code != 404:
+                raise AirflowRunError(f"could not delete the scheduler's run {r['dag_run_id']} of {dag_id}")
+        if scheduled:
+            return
+        time.sleep(1)

@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flywheel.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:  # feast takes seconds to import
+    from feast import FeatureStore
 
 FEATURE_REPO = REPO_ROOT / "feature_repo"
 
@@ -17,7 +21,7 @@ def feast_env(cfg: Settings) -> dict[str, str]:
     return {"FLYWHEEL_VAR_DIR": str(cfg.var_dir), "FEAST_REDIS_CONNECTION_STRING": cfg.redis.connection_string}
 
 
-def store(cfg: Settings):
+def store(cfg: Settings) -> FeatureStore:
     """A FeatureStore on feature_repo/, exactly what `FeatureStore(repo_path="feature_repo")` gives a user."""
     from feast import FeatureStore
 
@@ -41,7 +45,9 @@ def apply(cfg: Settings) -> str:
     return feast_cli(cfg, "apply").stdout
 
 
-def isolated_store(work_dir: Path, offline_dir: Path, offline_store: str = "duckdb", single_file: bool = False):
+def isolated_store(
+    work_dir: Path, offline_dir: Path, offline_store: str = "duckdb", single_file: bool = False
+) -> FeatureStore:
     """feature_repo's definitions over another offline folder, with their own registry and a SQLite
     online store: for tests and benchmarks that must compare against Feast without touching the stack.
     `offline_store` is "duckdb" (ours) or "file" (Feast's default); `single_file` reads <view>.parquet
@@ -66,6 +72,7 @@ def isolated_store(work_dir: Path, offline_dir: Path, offline_store: str = "duck
     views = []
     for name, fv in feature_views.VIEWS.items():
         view = copy.deepcopy(fv)
+        assert fv.batch_source is not None  # every view of feature_repo has a Parquet source
         view.batch_source = FileSource(
             name=fv.batch_source.name,
             path=str(

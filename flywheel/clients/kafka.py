@@ -45,7 +45,7 @@ def ensure_topics(kafka: KafkaSettings, names: list[str] | None = None, partitio
     return created
 
 
-def _wait_for_leaders(client, topics: list[str], timeout_s: float = 30) -> None:
+def _wait_for_leaders(client: AdminClient, topics: list[str], timeout_s: float = 30) -> None:
     """A created topic is usable once every partition has a leader; until then reads and offset lookups
     fail with NOT_LEADER_FOR_PARTITION (seen in CI right after creation)."""
     deadline = time.monotonic() + timeout_s

@@ -62,12 +62,14 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> It
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not drained in {timeout_s:.0f}s")
             for msg in c.consume(num_messages=10_000, timeout=1.0):
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise KafkaException(msg.error())
-                if msg.partition() in todo and msg.offset() < todo[msg.partition()]:
-                    yield msg.key(), msg.value()
+                    raise KafkaException(err)
+                part, offset, value = msg.partition(), msg.offset(), msg.value()
+                if part in todo and offset is not None and offset < todo[part] and value is not None:
+                    yield msg.key(), value
             for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= todo[tp.partition]:
                     del todo[tp.partition]

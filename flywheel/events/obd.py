@@ -73,7 +73,9 @@ def fetch(cfg: ObdSettings, build_dir: Path) -> Path:
             if member.isfile() and member.name.startswith(prefix) and member.name.endswith(".csv"):
                 out = target / member.name[len(prefix) :]
                 out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tar.extractfile(member).read())
+                data = tar.extractfile(member)
+                assert data is not None  # a regular file (checked above) always has content
+                out.write_bytes(data.read())
     (target / ".complete").write_text(f"obp-{cfg.version} {digest}\n")
     return target
 

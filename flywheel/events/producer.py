@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from flywheel.events.schema import validate
 from flywheel.settings import KafkaSettings
@@ -44,7 +44,7 @@ class EventProducer:
         self.sent = 0
         self.failed: list[str] = []
 
-    def _on_delivery(self, err, msg) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
@@ -87,7 +87,7 @@ class EventProducer:
     def __enter__(self) -> EventProducer:
         return self
 
-    def __exit__(self, exc_type, *_: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
         if exc_type is None:
             self.flush()
 

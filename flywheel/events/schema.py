@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"interaction_event.v{SCHEMA_VERSION}.json"
@@ -58,7 +58,7 @@ def validate(event: Any) -> Rejection | None:
     return Rejection(field, err.message)
 
 
-def _missing_field(err) -> str | None:
+def _missing_field(err: ValidationError) -> str | None:
     if err.validator == "required":
         return err.message.split("'")[1] if "'" in err.message else None
     if err.validator == "additionalProperties":

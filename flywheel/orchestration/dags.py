@@ -20,10 +20,11 @@ COMMON = {
 }
 
 
-def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
+def retrain_dag(dag_id: str, cron: str, mode: str, description: str, doc_md: str):
     @dag(
         dag_id=dag_id,
         description=description,
+        doc_md=doc_md,
         # Real data intervals (a bare cron string would give start == end in Airflow 3).
         schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
         **COMMON,
@@ -52,14 +53,16 @@ def retrain_dag(dag_id: str, cron: str, mode: str, description: str):
             from flywheel.orchestration import tasks as dag_tasks
 
             ctx = get_current_context()
-            return dag_tasks.record_blocked(trainset_dir, result["reasons"], f"{mode}:{ctx['data_interval_end']}")
+            return dag_tasks.record_blocked(
+                trainset_dir, result["reasons"], dag_tasks.run_key(mode, ctx["data_interval_end"])
+            )
 
         @task
         def train_candidate(trainset_dir: str) -> str:
             from flywheel.orchestration import tasks as dag_tasks
 
             ctx = get_current_context()
-            return dag_tasks.train(trainset_dir, mode, f"{mode}:{ctx['data_interval_end'].isoformat()}")
+            return dag_tasks.train(trainset_dir, mode, dag_tasks.run_key(mode, ctx["data_interval_end"]))
 
         @task
         def evaluate(version: str) -> dict:

@@ -13,8 +13,9 @@ from pathlib import Path
 from flywheel.settings import load_settings
 
 
-def _key(kind: str, end: datetime) -> str:
-    return f"{kind}:{end.isoformat()}"
+def run_key(mode: str, end: datetime) -> str:
+    """The idempotency key of a run: the same interval gives the same key, whoever spells its end."""
+    return f"{mode}:{end.isoformat()}"
 
 
 def build_trainset(start: datetime, end: datetime, mode: str) -> str:
@@ -53,19 +54,19 @@ def validate(trainset_dir: str) -> dict:
     return {"passed": result["passed"], "reasons": result["reasons"], "data_docs": result["data_docs"]}
 
 
-def record_blocked(trainset_dir: str, reasons: list[str], run_key: str) -> dict:
+def record_blocked(trainset_dir: str, reasons: list[str], key: str) -> dict:
     """A failed critical expectation: no training, no promotion, and the reasons in the audit log (once)."""
     from training import pipeline
 
     reg = pipeline.registry(load_settings())
-    if not any(e.get("run_key") == run_key for e in reg.audit()):
-        reg.record("blocked_by_data", None, reasons, run_key=run_key, trainset=trainset_dir)
+    if not any(e.get("run_key") == key for e in reg.audit()):
+        reg.record("blocked_by_data", None, reasons, run_key=key, trainset=trainset_dir)
     for r in reasons:
         print(f"BLOCKED: {r}")
     return {"outcome": "blocked_by_data", "reasons": reasons}
 
 
-def train(trainset_dir: str, mode: str, run_key: str) -> str:
+def train(trainset_dir: str, mode: str, key: str) -> str:
     from training import pipeline
 
     cfg = load_settings()
@@ -73,7 +74,7 @@ def train(trainset_dir: str, mode: str, run_key: str) -> str:
     if mode == "incremental" and reg.alias("champion") is None:
         print("no champion yet: training from scratch instead of warm-starting")
         mode = "full"
-    return pipeline.train_stage(cfg, Path(trainset_dir), mode, run_key=run_key)
+    return pipeline.train_stage(cfg, Path(trainset_dir), mode, run_key=key)
 
 
 def evaluation_report(version: str) -> dict:
@@ -117,11 +118,12 @@ def rollback_check(end: datetime) -> dict:
     cfg = load_settings()
     reg = pipeline.registry(cfg)
     aliases = reg.aliases()
-    promotions = [e for e in reg.audit() if e["decision"] == "promoted" and e["version"] == aliases["champion"]]
-    if not aliases["previous"] or not promotions:
+    champion = aliases["champion"]
+    promotions = [e for e in reg.audit() if e["decision"] == "promoted" and e["version"] == champion]
+    if not champion or not aliases["previous"] or not promotions:
         print("nothing to check: no previous model")
         return {"outcome": "no_change"}
-    since = datetime.fromisoformat(reg.get(aliases["champion"]).data_window["end"])
+    since = datetime.fromisoformat(reg.get(champion).data_window["end"])
     if since >= end:
         print(f"no labeled data after the champion's window ({since}) yet")
         return {"outcome": "no_change"}

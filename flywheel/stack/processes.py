@@ -1,7 +1,9 @@
 """Start, find and stop the processes `flywheel infra` owns, by PID file.
 
-A PID file alone is not proof: PIDs get recycled. Each file also records a marker that must appear in
-the process's command line, so `down` never signals a process it did not start.
+A PID file alone is not proof: PIDs get recycled. Each file also records the process's start time (from
+/proc, fixed at fork), so `down` never signals a process it did not start, and a process is recognised from
+the moment it is spawned: a wrapper script, or Redis renaming its process title, changes the command line
+later. The marker (a string of the final command line) is only checked for PID files without a start time.
 """
 
 from __future__ import annotations
@@ -44,19 +46,21 @@ class ManagedProcess:
         if not rec:
             return None
         pid = int(rec["pid"])
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z":
+            return None
+        if "started" in rec:
+            return pid if stat[STARTTIME] == rec["started"] else None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             return None
-        if state == "Z" or rec["marker"] not in cmdline:
-            return None
-        return pid
+        return pid if rec["marker"] in cmdline else None
 
     def spawned_alive(self) -> bool:
         """Liveness during start-up, when the command line may not show the marker yet (exec in flight)."""
         rec = self._record()
-        return bool(rec) and _alive(int(rec["pid"]))
+        return rec is not None and _alive(int(rec["pid"]))
 
     def start(
         self, argv: list[str], log_file: Path, marker: str, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -74,7 +78,11 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,
             )
-        self.pid_file.write_text(json.dumps({"pid": proc.pid, "marker": marker, "argv": argv[:3]}))
+        stat = _stat(proc.pid)
+        record = {"pid": proc.pid, "marker": marker, "argv": argv[:3]}
+        if stat is not None:
+            record["started"] = stat[STARTTIME]
+        self.pid_file.write_text(json.dumps(record))
         return proc.pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -98,15 +106,23 @@ class ManagedProcess:
         return True
 
 
+STARTTIME = 19  # /proc/<pid>/stat field 22 (start time in clock ticks), counted from the state field
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (which may contain spaces): state, ppid, pgrp..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def _group_members(pgid: int) -> list[int]:
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
-            members.append(int(stat.parent.name))
+    for path in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(path.name))
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            members.append(int(path.name))
     return members
 
 
@@ -115,11 +131,8 @@ def _alive(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)  # reap if it was our child
     except ChildProcessError:
         pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:

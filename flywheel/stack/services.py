@@ -489,7 +489,7 @@ class Airflow(Service):
     def _launch(self) -> None:
         env = self.env()
         pw_file = self.dir / "passwords.json"
-        pw_file.write_text(json.dumps({self.cfg.airflow.username: self.cfg.airflow.password.get_secret_value()}))
+        pw_file.write_text(json.dumps({self.cfg.airflow.username: self.cfg.airflow.password_value()}))
         pw_file.chmod(0o600)
         self.proc.start([venv_bin("airflow"), "standalone"], self.log_file, marker="standalone", env=env, cwd=self.dir)
 
@@ -497,7 +497,7 @@ class Airflow(Service):
         a = self.cfg.airflow
         r = requests.post(
             f"{self.url}/auth/token",
-            json={"username": a.username, "password": a.password.get_secret_value()},
+            json={"username": a.username, "password": a.password_value()},
             timeout=10,
         )
         r.raise_for_status()

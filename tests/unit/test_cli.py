@@ -47,6 +47,7 @@ def test_bad_arguments_get_one_clear_line_and_a_nonzero_exit(args, code, fragmen
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
 
 
+@pytest.mark.slow
 def test_an_unknown_feature_service_names_the_known_ones(tmp_path):
     from flywheel.clients.feast_store import isolated_store
     from flywheel.errors import FlywheelError

@@ -12,6 +12,8 @@ import pytest
 
 from flywheel.settings import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # parses the DAGs with Airflow: `make test-unit` skips it
+
 DAG_IDS = {"retrain_weekly_incremental", "retrain_monthly_full", "feature_pipeline_ops", "rollback_check_daily"}
 
 PROBE = r"""
@@ -19,10 +21,11 @@ import json, sys, time
 t0 = time.monotonic()
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
+docs = {d.dag_id: d.doc_md for d in bag.dags.values()}
 heavy = sorted(m for m in ("torch", "feast", "pyflink", "great_expectations", "duckdb", "confluent_kafka")
                if m in sys.modules)
 print(json.dumps({"errors": {k: str(v)[:500] for k, v in bag.import_errors.items()}, "dags": sorted(bag.dag_ids),
-                  "heavy": heavy, "seconds": time.monotonic() - t0}))
+                  "heavy": heavy, "docs": docs, "seconds": time.monotonic() - t0}))
 """
 
 
@@ -46,6 +49,12 @@ def test_every_dag_file_imports_cleanly_and_lightly(parsed):
     assert parsed["errors"] == {}
     assert set(parsed["dags"]) == DAG_IDS
     assert parsed["heavy"] == [], f"imported at parse time: {parsed['heavy']}"
+
+
+def test_every_dag_explains_itself_in_the_ui(parsed):
+    """doc_md is what the Airflow UI shows on the DAG's page: a heading and what the DAG does."""
+    for dag_id, doc in parsed["docs"].items():
+        assert doc and doc.startswith("# ") and len(doc) > 200, f"{dag_id}: doc_md missing or too thin"
 
 
 @pytest.fixture(scope="module")

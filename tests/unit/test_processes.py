@@ -20,6 +20,38 @@ def test_start_and_stop_by_pid_file(tmp_path):
     assert mp.pid() is None and not mp.pid_file.exists()
 
 
+def test_a_process_is_recognised_before_its_command_line_shows_the_marker(tmp_path):
+    """A wrapper that execs the real program later (Flink's scripts, Redis renaming its title): pid() must not
+    call a just-started process down, whatever its command line says yet."""
+    mp = ManagedProcess("wrapped", tmp_path / "run")
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "late-marker"]
+    script = f"import os, sys, time; time.sleep(1.5); os.execv(sys.executable, {argv!r})"
+    pid = mp.start([sys.executable, "-c", script], tmp_path / "wrapped.log", marker="late-marker")
+    try:
+        assert mp.pid() == pid  # before the exec: the marker is not in the command line yet
+        time.sleep(2.0)
+        assert b"late-marker" in open(f"/proc/{pid}/cmdline", "rb").read()
+        assert mp.pid() == pid  # and after it
+    finally:
+        assert mp.stop(timeout_s=5) is True
+    assert mp.pid() is None
+
+
+def test_a_recycled_pid_with_another_start_time_is_not_ours(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flywheel-test-marker"])
+    try:
+        mp = ManagedProcess("recycled", tmp_path)
+        record = {"pid": other.pid, "marker": "flywheel-test-marker", "argv": [], "started": "1"}
+        mp.pid_file.write_text(json.dumps(record))
+        assert mp.pid() is None  # same PID and marker, but not the process we started
+        assert mp.stop(timeout_s=1) is False
+        time.sleep(0.2)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_never_signals_a_process_it_did_not_start(tmp_path):
     """A recycled PID (the marker no longer matches) is left alone."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -13,6 +13,8 @@ from flywheel.settings import load_settings
 from training import pipeline, scenarios
 from training.registry import Registry
 
+pytestmark = pytest.mark.slow  # trains models: `make test-unit` skips it
+
 START = datetime(2026, 1, 5, tzinfo=UTC)
 ROWS = 12_000
 

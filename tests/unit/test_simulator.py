@@ -11,6 +11,8 @@ import pytest
 from flywheel.events.schema import parse
 from flywheel.events.simulator import MALFORMED_KINDS, Faults, SimConfig, simulate
 
+pytestmark = pytest.mark.slow  # simulates ~100k events: `make test-unit` skips it
+
 FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.02, duplicate_rate=0.03, malformed_rate=0.01)
 
 

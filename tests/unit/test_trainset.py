@@ -19,6 +19,8 @@ from flywheel.settings import LabelSettings
 from training import synthetic, trainset
 from training.labels import build_labels, connect
 
+pytestmark = pytest.mark.slow  # compares against Feast: `make test-unit` skips it
+
 START = datetime(2026, 1, 5, tzinfo=UTC)
 CARD = {"user_id": 300, "item_id": 80, "item_category": 6}
 

@@ -10,6 +10,8 @@ import pytest
 from flywheel.settings import load_settings
 from validation.suites import validate
 
+pytestmark = pytest.mark.slow  # runs Great Expectations: `make test-unit` skips it
+
 FEATURES = ["user_impressions_24h", "user_ctr_24h", "item_ctr_24h"]
 
 
