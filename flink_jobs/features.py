@@ -18,11 +18,10 @@ the cluster (`flywheel flink submit`).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
 from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
@@ -31,6 +30,15 @@ from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.settings import Settings
 
 SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "timestamp": "TIMESTAMP(3)"}
+
+
+class ViewStep(NamedTuple):
+    """One temporary view of the job: its name, its SQL, and the rowtime column when it sits behind a
+    DataStream boundary (read by more than one view)."""
+
+    name: str
+    query: str
+    rowtime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,8 +236,6 @@ def _window(g: FeatureGroup, table: str) -> str:
     return f"TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(event_time), {_interval(size)}))"
 
 
-SUM_OF = re.compile(r"SUM\((\w+)\)")
-
 # Fractional event columns that sliding windows sum, and the fixed-point scale they are summed at
 # (1e-11 resolution, far inside the reference check's 1e-9 relative tolerance; a BIGINT then holds sums
 # up to 9.2e7, a user's examined impressions in one window). Every other summed column is a 0/1 count.
@@ -246,22 +252,7 @@ def _unfixed(column: str, total: str) -> str:
     return f"(CAST({total} AS DOUBLE) / {scale})" if scale else total
 
 
-def summed_columns(g: FeatureGroup) -> list[str]:
-    """The event columns a sliding group's features sum. Sliding values are rebuilt from per-slide
-    partial sums, so every aggregate must be a SUM of a column (ratios of sums are fine)."""
-    cols: list[str] = []
-    for f in g.features:
-        rest = SUM_OF.sub("", f.sql)
-        if "(" in rest.replace("CAST(", "").replace("NULLIF(", ""):
-            raise ValueError(
-                f"{g.name}.{f.name}: {f.sql!r} — a sliding feature may only combine SUM(column) terms "
-                "(use a tumbling window for other aggregates)"
-            )
-        cols += [c for c in SUM_OF.findall(f.sql) if c not in cols]
-    return cols
-
-
-def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str]]:
+def pane_views(groups: tuple[FeatureGroup, ...]) -> tuple[list[ViewStep], dict[str, str]]:
     """The per-slide partial sums (panes) of the sliding groups, shared: ((name, query, rowtime) of the
     views, in order; each sliding group's panes view).
 
@@ -279,17 +270,17 @@ def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str
     for g in groups:
         if g.emits_changes:
             families.setdefault((g.entities, g.where), []).append(g)
-    views: list[tuple[str, str, str | None]] = []
+    views: list[ViewStep] = []
     of: dict[str, str] = {}
     named: set[str] = set()
     for n, ((entities, where), members) in enumerate(families.items()):
         keys = ", ".join(entities)
-        cols = list(dict.fromkeys(c for g in members for c in summed_columns(g)))
+        cols = list(dict.fromkeys(c for g in members for c in g.summed_columns))
         family = "_".join(entities)
         if family in named:  # the same keys under another filter
             family = f"{family}_{n}"
         named.add(family)
-        views.append((f"events_{family}", "SELECT * FROM events_clean" + (f" WHERE {where}" if where else ""), None))
+        views.append(ViewStep(f"events_{family}", "SELECT * FROM events_clean" + (f" WHERE {where}" if where else "")))
         slides = sorted({int(g.window.slide.total_seconds()) for g in members})
         finest = slides[0]
         name = {slide: f"panes_{family}_{slide}s" for slide in slides}
@@ -309,13 +300,13 @@ def pane_views(groups) -> tuple[list[tuple[str, str, str | None]], dict[str, str
                 f"GROUP BY {keys}, window_start, window_end, window_time"
             )
             # Read by more than one view: behind a boundary, or each reader would plan its own copy.
-            views.append((name[slide], query, "t" if readers > 1 else None))
+            views.append(ViewStep(name[slide], query, "t" if readers > 1 else None))
         for g in members:
             of[g.name] = name[int(g.window.slide.total_seconds())]
     return views, of
 
 
-def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
+def group_views(g: FeatureGroup) -> list[ViewStep]:
     """(name, query, rowtime) of the views that end in g_<group>: keys, features, event_timestamp (the
     window end), only what changed. A sliding group's g_<group> reads sums_<group>, which
     `_sliding_sums` registers from the group's panes view (`pane_views`) first."""
@@ -324,12 +315,11 @@ def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
         src = f"events_{g.name}"
         feats = ",\n  ".join(f"CAST({f.sql} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
         return [
-            (src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else ""), None),
-            (
+            ViewStep(src, "SELECT * FROM events_clean" + (f" WHERE {g.where}" if g.where else "")),
+            ViewStep(
                 f"g_{g.name}",
                 f"SELECT {keys}, {feats}, CAST(window_end AS TIMESTAMP(3)) AS event_timestamp "
                 f"FROM {_window(g, src)} GROUP BY {keys}, window_start, window_end",
-                None,
             ),
         ]
 
@@ -338,16 +328,15 @@ def group_views(g: FeatureGroup) -> list[tuple[str, str, str | None]]:
     # (its sums per slide) are turned into running sums that change at a pane's end and one window
     # later (`_sliding_sums`, the view sums_<group>). The value at a move holds the panes that ended in
     # (t - size, t], and is valid from just after the move (the window end).
-    def summed(m: re.Match) -> str:
-        return _unfixed(m[1], m[1])
+    def running_sum(column: str) -> str:  # sums_<group> has one column per summed event column
+        return _unfixed(column, column)
 
-    running = ",\n  ".join(f"CAST({SUM_OF.sub(summed, f.sql)} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
+    running = ",\n  ".join(f"CAST({f.agg.expr(running_sum)} AS {SQL_TYPES[f.dtype]}) AS {f.name}" for f in g.features)
     return [
-        (
+        ViewStep(
             f"g_{g.name}",
             f"SELECT {keys}, {running}, CAST(t + INTERVAL '0.001' SECOND AS TIMESTAMP(3)) AS event_timestamp "
             f"FROM sums_{g.name}",
-            None,
         )
     ]
 
@@ -367,7 +356,7 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
     from pyflink.table import DataTypes, Schema
 
     jvm = get_gateway().jvm
-    keys, cols = list(g.entities), summed_columns(g)
+    keys, cols = list(g.entities), g.summed_columns
     query = f"SELECT {', '.join(keys + cols)}, t FROM {panes}"
     j = t_env.to_data_stream(t_env.sql_query(query))._j_data_stream
     out = jvm.io.flywheel.flink.SlidingSums.outputType(",".join(keys), ",".join(cols))
@@ -538,12 +527,12 @@ def build(cfg: Settings, opt: JobOptions):
         "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
     )
 
-    def register(steps) -> None:
-        for step, step_query, rowtime in steps:
-            if rowtime:
-                _stream_view(t_env, step, step_query, rowtime)
+    def register(steps: list[ViewStep]) -> None:
+        for step in steps:
+            if step.rowtime:
+                _stream_view(t_env, step.name, step.query, step.rowtime)
             else:
-                t_env.create_temporary_view(step, t_env.sql_query(step_query))
+                t_env.create_temporary_view(step.name, t_env.sql_query(step.query))
 
     shared, panes = pane_views(GROUPS)
     register(shared)
@@ -551,9 +540,9 @@ def build(cfg: Settings, opt: JobOptions):
     for g in GROUPS:
         if g.emits_changes:
             _sliding_sums(t_env, g, panes[g.name])
-        *steps, (name, query, _) = group_views(g)
+        *steps, last = group_views(g)
         register(steps)
-        values[g.name] = _stream_view(t_env, name, query)  # g_<group>: read by Parquet and the online writer
+        values[g.name] = _stream_view(t_env, last.name, last.query)  # g_<group>: read by Parquet and the online writer
         t_env.execute_sql(_offline_sink(g, opt))
         stmts.add_insert_sql(
             f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "
