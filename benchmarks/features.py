@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from feature_repo.spec import WINDOWS
+from flywheel.compat import feast as feast_private
 from flywheel.settings import Settings
 
 SHAPE: dict[str, Any] = {
@@ -292,19 +293,17 @@ class _StampProbe:
     of Feast's own; should a Feast upgrade change that layout, the run reports every value missed)."""
 
     def __init__(self, store):
-        from feast.infra.online_stores.helpers import _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from google.protobuf.timestamp_pb2 import Timestamp
 
-        cfg = store.config
-        self.client = store._get_provider().online_store._get_client(cfg.online_store)
+        self.client = feast_private.redis_client(store)
         self._timestamp = Timestamp
 
         @functools.cache  # the same keys every round
         def redis_key(key: str, value: str) -> bytes:
             entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=value)])
-            return _redis_key(cfg.project, entity, cfg.entity_key_serialization_version)
+            return feast_private.redis_key(store, entity)
 
         self._key = redis_key
 

@@ -17,7 +17,6 @@ the cluster (`flywheel flink submit`).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
 from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
 from flywheel.clients.feast_store import FEATURE_REPO, feast_env
+from flywheel.compat import pyflink as flink_private
 from flywheel.settings import Settings
 
 SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "timestamp": "TIMESTAMP(3)"}
@@ -190,13 +190,9 @@ def _materialize(t_env, name: str, query: str, watermark_floor: str | None = Non
     table = t_env.sql_query(query)
     stream = t_env.to_data_stream(table)
     if watermark_floor:  # see flink_jobs/jvm WatermarkFloor: a restored job must not judge with no watermark
-        from pyflink.datastream.data_stream import DataStream
-        from pyflink.java_gateway import get_gateway
-
-        j = stream._j_data_stream
         column = table.get_schema().get_field_names().index(watermark_floor)
-        floor = get_gateway().jvm.io.flywheel.flink.WatermarkFloor(column)
-        stream = DataStream(j.transform("watermark-floor", j.getType(), floor))
+        floor = flink_private.jvm().io.flywheel.flink.WatermarkFloor(column)
+        stream = flink_private.transform(stream, "watermark-floor", flink_private.java_stream(stream).getType(), floor)
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
 
@@ -351,14 +347,12 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
     network exchange. One operator instead: the Parquet-only 2M replay 156.4 s -> 120.0 s, the same
     rows; at a 5-minute boundary W, user_stats_1h reached the online writer 0.68 s after W + watermark
     delay, not 1.1-1.4 s."""
-    from pyflink.datastream.data_stream import DataStream
-    from pyflink.java_gateway import get_gateway
     from pyflink.table import DataTypes, Schema
 
-    jvm = get_gateway().jvm
+    jvm = flink_private.jvm()
     keys, cols = list(g.entities), g.summed_columns
     query = f"SELECT {', '.join(keys + cols)}, t FROM {panes}"
-    j = t_env.to_data_stream(t_env.sql_query(query))._j_data_stream
+    j = flink_private.java_stream(t_env.to_data_stream(t_env.sql_query(query)))
     out = jvm.io.flywheel.flink.SlidingSums.outputType(",".join(keys), ",".join(cols))
     size_ms = int(g.window.size.total_seconds() * 1000)
     sums = (
@@ -374,7 +368,7 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
         .watermark("move_time", "SOURCE_WATERMARK()")
         .build()
     )
-    t_env.create_temporary_view(f"sums_{g.name}", t_env.from_data_stream(DataStream(sums), schema))
+    t_env.create_temporary_view(f"sums_{g.name}", t_env.from_data_stream(flink_private.python_stream(sums), schema))
 
 
 def _offline_sink(g: FeatureGroup, opt: JobOptions) -> str:
@@ -557,16 +551,13 @@ def build(cfg: Settings, opt: JobOptions):
 def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
     """Each view's values, reduced in the JVM to batches of each key's latest value (flink_jobs/jvm
     OnlineBatches, chained to the view's aggregation), into one Python writer."""
-    from pyflink.datastream.data_stream import DataStream
-    from pyflink.java_gateway import get_gateway
-
     from flink_jobs.online_writer import AUDIT_ROW, BATCH_ROW, OnlineWriter
 
-    jvm = get_gateway().jvm
+    jvm = flink_private.jvm()
     timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
     batches = []
     for g in GROUPS:
-        j = values[g.name]._j_data_stream
+        j = flink_private.java_stream(values[g.name])
         reduce = jvm.io.flywheel.flink.OnlineBatches(
             g.name,
             ",".join(g.entities),
@@ -578,7 +569,7 @@ def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
             cfg.features.online_catchup_flush_s * 1000,
         )
         name = f"latest-online-values-{g.name}"
-        batches.append(DataStream(j.transform(name, BATCH_ROW.get_java_type_info(), reduce)))
+        batches.append(flink_private.transform(values[g.name], name, BATCH_ROW.get_java_type_info(), reduce))
     writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
     audit = batches[0].union(*batches[1:]).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
     t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
@@ -594,7 +585,7 @@ def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):
     opt = opt or options(cfg)
     # Embedded, PyFlink runs Python operators in this process ("loopback"), so both online-writer
     # subtasks share one GIL; worker processes of their own let them use both cores.
-    os.environ.setdefault("_python_worker_execution_mode", "process")
+    flink_private.python_workers_in_processes()
     env, stmts = build(cfg, opt)
     stmts.attach_as_datastream()
     if wait:

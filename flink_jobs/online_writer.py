@@ -23,6 +23,8 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import MapFunction, RuntimeContext
 
+from flywheel.compat import feast as feast_private
+
 # What OnlineBatches hands over: feature_view, rows (JSON array of [entity_keys, window_end_ms, values],
 # UTF-8 bytes).
 BATCH_ROW = Types.ROW([Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
@@ -42,7 +44,6 @@ class OnlineWriter(MapFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         os.environ.update(self.env)
         from feast import FeatureStore
-        from feast.infra.provider import get_provider
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.value_type import ValueType
@@ -57,7 +58,7 @@ class OnlineWriter(MapFunction):
                 f"feature views {missing} are not in the Feast registry of {self.repo_path}: "
                 "run `flywheel features apply` first"
             )
-        self.provider = get_provider(self.store.config)
+        self.writer = feast_private.OnlineWriter(self.store)
         # Per view: the view, its join keys (in Feast's order) and each feature's proto field.
         field = {ValueType.INT64: "int64_val", ValueType.DOUBLE: "double_val", ValueType.UNIX_TIMESTAMP: "ts"}
         self.views = {
@@ -86,7 +87,7 @@ class OnlineWriter(MapFunction):
                 return Value(unix_timestamp_val=v // 1000)
             return Value(**{fields[name]: v})
 
-        data = [
+        data: list[feast_private.Row] = [
             (
                 EntityKey(join_keys=join_keys, entity_values=[Value(string_val=keys[k]) for k in join_keys]),
                 {name: proto(name, v) for name, v in values.items()},
@@ -95,5 +96,5 @@ class OnlineWriter(MapFunction):
             )
             for keys, ts, values in rows
         ]
-        self.provider.online_write_batch(self.store.config, fv, data, progress=None)  # type: ignore[arg-type]
+        self.writer.write(fv, data)
         return Row(view, len(data), max(ts for _, ts, _ in rows), int(time.time() * 1000))
