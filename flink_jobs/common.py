@@ -6,13 +6,26 @@ Jobs run either embedded (a local mini-cluster inside this Python process) or on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from flywheel.settings import Settings
+from flywheel.errors import FlywheelError
+from flywheel.settings import REPO_ROOT, Settings
+
+EMBEDDED_LOG4J = REPO_ROOT / "infra" / "flink" / "log4j-embedded.properties"
 
 
-class MissingJar(RuntimeError):
+class MissingJar(FlywheelError):
     pass
+
+
+def embedded_logs_to_file(cfg: Settings) -> None:
+    """Before PyFlink starts its JVM: that JVM's log4j writes to var/log/ and only errors to the console
+    (Flink's default prints Hadoop's INFO lines, one per Parquet file, among a command's output)."""
+    log_dir = cfg.var_dir / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("LOG4J_PROPERTIES", str(EMBEDDED_LOG4J))
+    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
 
 
 # Flywheel's SQL functions (flink_jobs/jvm, built by `make setup`): name -> class.
@@ -42,6 +55,7 @@ def table_env(cfg: Settings, streaming: bool = True, remote: bool = False, paral
     """A TableEnvironment with the connector jars, embedded or pointed at the configured cluster."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
+    embedded_logs_to_file(cfg)
     settings = EnvironmentSettings.in_streaming_mode() if streaming else EnvironmentSettings.in_batch_mode()
     t_env = TableEnvironment.create(settings)
     conf = t_env.get_config()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
-from flink_jobs.common import FUNCTIONS, connector_jars, with_clause
+from flink_jobs.common import FUNCTIONS, connector_jars, embedded_logs_to_file, with_clause
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
 from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.compat import pyflink as flink_private
@@ -433,6 +433,7 @@ def environment(cfg: Settings, opt: JobOptions):
     from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
+    embedded_logs_to_file(cfg)
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(p.as_uri() for p in connector_jars(cfg)))
     conf.set_string("python.executable", sys.executable)

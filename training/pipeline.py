@@ -7,6 +7,7 @@ beyond the first run's.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from training.model import ModelConfig, Ranker, to_batch
 from training.registry import ModelVersion, Registry
 from training.train import TrainConfig, fit, predict
 from training.trainset import Manifest
+
+log = logging.getLogger(__name__)
 
 ITEM_SIDE = ("item_", "popularity_trend")  # dense columns that describe the item, swapped for counterfactuals
 
@@ -189,7 +192,7 @@ def validate_stage(cfg: Settings, trainset_dir: Path, reference_dir: Path | None
         reason = f"quality: the training set is empty ({manifest.window_start} .. {manifest.window_end})"
         result = {"passed": False, "reasons": [reason], "checks": [], "data_docs": None, "summary": reason}
         (trainset_dir / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(reason)
+        log.info(reason)
         return result
     table, _ = read_trainset(trainset_dir)
     reference = read_trainset(reference_dir)[0].to_pandas() if reference_dir else None
@@ -197,7 +200,7 @@ def validate_stage(cfg: Settings, trainset_dir: Path, reference_dir: Path | None
     report = validate(table.to_pandas(), features, list(manifest.label_counts), cfg, reference, name=manifest.name)
     result = report.as_dict() | {"summary": report.summary(), "reasons": report.reasons()}
     (trainset_dir / "validation.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(report.summary())
+    log.info(report.summary())
     return result
 
 
@@ -206,7 +209,7 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
     the champion on the same holdout, register the candidate. Returns its version (idempotent per run_key)."""
     reg = registry(cfg)
     if run_key and (done := reg.find_run(run_key)):
-        print(f"{run_key} already trained as {done.version}")
+        log.info(f"{run_key} already trained as {done.version}")
         return done.version
     table, manifest = read_trainset(trainset_dir)
     train, holdout = split_holdout(table, cfg.training.holdout_fraction)
@@ -242,7 +245,7 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
     )
     mv = reg.register(model.state_dict(), mv)
     _plot_curves(curves, reg.root / "versions" / mv.version / "curves.png", mv.version)
-    print(
+    log.info(
         f"registered {mv.version}: AUC {metrics['auc']:.4f}, "
         f"log-loss {metrics['logloss']:.4f}, ECE {metrics['ece']:.4f}"
     )

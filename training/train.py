@@ -7,6 +7,7 @@ so the model learns relevance rather than the old policy's exposure.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from tqdm import tqdm
 
 from feature_repo.spec import EXAMINATION_ETA
 from training.model import Batch, ModelConfig, Ranker, to_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def fit(
         curves["valid_logloss"].append(log_loss(vb.label.numpy(), p))
         curves["valid_auc"].append(auc(vb.label.numpy(), p))
         if progress:
-            print(
+            log.info(
                 f"epoch {epoch + 1}: train loss {curves['train_loss'][-1]:.4f}  "
                 f"valid log-loss {curves['valid_logloss'][-1]:.4f}  AUC {curves['valid_auc'][-1]:.4f}"
             )

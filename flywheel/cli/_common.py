@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
@@ -12,6 +13,20 @@ from typer.core import TyperGroup
 from flywheel.errors import FlywheelError
 
 console = Console(width=max(Console().width, 120))
+
+
+FIRST_PARTY = ("flywheel", "flink_jobs", "feature_repo", "training", "validation", "benchmarks")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Library code logs; the CLI shows Flywheel's INFO lines (DEBUG with --verbose) and other libraries'
+    warnings, through the same console as its own output."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    for name in FIRST_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def fail(msg: str) -> NoReturn:

@@ -9,12 +9,22 @@ import typer
 from rich.table import Table
 
 from flywheel.cli import data, events, features, flink, infra, registry, train, trainset
-from flywheel.cli._common import FlywheelGroup, console, fail
+from flywheel.cli._common import FlywheelGroup, configure_logging, console, fail
 from flywheel.settings import load_settings
 
 app = typer.Typer(
     cls=FlywheelGroup, help="Flywheel: real-time features and retraining for recommenders.", no_args_is_help=True
 )
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs of Flywheel's modules")] = False,
+) -> None:
+    """Flywheel: real-time features and retraining for recommenders."""
+    configure_logging(verbose)
+
+
 app.add_typer(infra.app, name="infra")
 app.add_typer(data.app, name="data")
 app.add_typer(events.app, name="events")

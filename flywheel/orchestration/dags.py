@@ -20,11 +20,23 @@ COMMON = {
 }
 
 
+# What the DAG page in the UI says about both retraining DAGs, after each one's own introduction.
+RETRAIN_DOC = """**Tasks.** `build_training_set` (labels from the event log + point-in-time features, `var/trainsets/`)
+→ `validate_data` (Great Expectations quality and drift against the champion's training set; Data Docs
+in `var/gx/`) → `data_ok` branches to `train_candidate` or `block_on_data` (reasons in the registry's
+audit log) → `evaluate` (metrics next to the champion's, on the same holdout) → `gate` branches to
+`promote` or `keep_champion` → `rollback_check` of the previous promotion.
+
+**Idempotent.** The run key is the mode and the interval end: a re-run of an interval finds its version
+and changes nothing. Backfill in order with `airflow backfill create`; one run at a time.
+"""
+
+
 def retrain_dag(dag_id: str, cron: str, mode: str, description: str, doc_md: str):
     @dag(
         dag_id=dag_id,
         description=description,
-        doc_md=doc_md,
+        doc_md=f"{doc_md.rstrip()}\n\n{RETRAIN_DOC}",
         # Real data intervals (a bare cron string would give start == end in Airflow 3).
         schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
         **COMMON,

@@ -7,10 +7,13 @@ versions, decisions), which is what goes through XCom.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from flywheel.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def run_key(mode: str, end: datetime) -> str:
@@ -29,7 +32,7 @@ def build_trainset(start: datetime, end: datetime, mode: str) -> str:
     begin = min(start, end - timedelta(days=days))
     name = f"{mode}_{begin:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     manifest, out = trainset.build(cfg, feast_store.store(cfg), begin, end, name=name)
-    print(
+    log.info(
         f"training set {out}: {manifest.rows} rows, label rates {manifest.label_rates}, final={manifest.labels_final}"
     )
     return str(out)
@@ -62,7 +65,7 @@ def record_blocked(trainset_dir: str, reasons: list[str], key: str) -> dict:
     if not any(e.get("run_key") == key for e in reg.audit()):
         reg.record("blocked_by_data", None, reasons, run_key=key, trainset=trainset_dir)
     for r in reasons:
-        print(f"BLOCKED: {r}")
+        log.info(f"BLOCKED: {r}")
     return {"outcome": "blocked_by_data", "reasons": reasons}
 
 
@@ -72,7 +75,7 @@ def train(trainset_dir: str, mode: str, key: str) -> str:
     cfg = load_settings()
     reg = pipeline.registry(cfg)
     if mode == "incremental" and reg.alias("champion") is None:
-        print("no champion yet: training from scratch instead of warm-starting")
+        log.info("no champion yet: training from scratch instead of warm-starting")
         mode = "full"
     return pipeline.train_stage(cfg, Path(trainset_dir), mode, run_key=key)
 
@@ -85,10 +88,10 @@ def evaluation_report(version: str) -> dict:
     m = mv.metrics
     champ = m.get("champion", {})
     for k in ("auc", "logloss", "ece", "ndcg@5", "recall@5", "exposure_gini", "catalog_coverage"):
-        print(f"{k:>18}: candidate {m.get(k, float('nan')):.4f}   champion {champ.get(k, float('nan')):.4f}")
+        log.info(f"{k:>18}: candidate {m.get(k, float('nan')):.4f}   champion {champ.get(k, float('nan')):.4f}")
     for policy in ("model", "popularity", "random"):
         est = m["ope"][policy]["snips"]
-        print(f"{'SNIPS ' + policy:>18}: {est['value']:.4f} [{est['ci_low']:.4f}, {est['ci_high']:.4f}]")
+        log.info(f"{'SNIPS ' + policy:>18}: {est['value']:.4f} [{est['ci_low']:.4f}, {est['ci_high']:.4f}]")
     return {k: m[k] for k in ("auc", "logloss", "ece")}
 
 
@@ -97,7 +100,7 @@ def gate(version: str) -> list[str]:
 
     cfg = load_settings()
     reasons = pipeline.gate(cfg, pipeline.registry(cfg).get(version))
-    print("gate passed" if not reasons else "gate failed:\n  " + "\n  ".join(reasons))
+    log.info("gate passed" if not reasons else "gate failed:\n  " + "\n  ".join(reasons))
     return reasons
 
 
@@ -106,7 +109,7 @@ def decide(version: str) -> dict:
     from training import pipeline
 
     d = pipeline.decide_stage(load_settings(), version)
-    print(f"{d.version}: {d.outcome}\n  " + "\n  ".join(d.reasons))
+    log.info(f"{d.version}: {d.outcome}\n  " + "\n  ".join(d.reasons))
     return d.as_dict()
 
 
@@ -121,23 +124,23 @@ def rollback_check(end: datetime) -> dict:
     champion = aliases["champion"]
     promotions = [e for e in reg.audit() if e["decision"] == "promoted" and e["version"] == champion]
     if not champion or not aliases["previous"] or not promotions:
-        print("nothing to check: no previous model")
+        log.info("nothing to check: no previous model")
         return {"outcome": "no_change"}
     since = datetime.fromisoformat(reg.get(champion).data_window["end"])
     if since >= end:
-        print(f"no labeled data after the champion's window ({since}) yet")
+        log.info(f"no labeled data after the champion's window ({since}) yet")
         return {"outcome": "no_change"}
     name = f"fresh_{since:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     manifest, out = trainset.build(cfg, feast_store.store(cfg), since, end, name=name)
     if manifest.rows < cfg.validation.min_rows:
-        print(f"only {manifest.rows} fresh labels (< {cfg.validation.min_rows}): too few to judge")
+        log.info(f"only {manifest.rows} fresh labels (< {cfg.validation.min_rows}): too few to judge")
         return {"outcome": "no_change"}
     quality = pipeline.validate_stage(cfg, out)  # judging models on broken data would be noise
     if not quality["passed"]:
-        print(f"fresh labels fail the quality checks, not judging on them: {'; '.join(quality['reasons'])}")
+        log.info(f"fresh labels fail the quality checks, not judging on them: {'; '.join(quality['reasons'])}")
         return {"outcome": "no_change", "reasons": quality["reasons"]}
     d = pipeline.rollback_stage(cfg, out)
-    print(f"{d.outcome}: {'; '.join(d.reasons)}")
+    log.info(f"{d.outcome}: {'; '.join(d.reasons)}")
     return d.as_dict()
 
 
@@ -150,11 +153,11 @@ def ensure_feature_job() -> dict:
     jobs = flink_cluster.list_jobs(cfg)
     running = [j for j in jobs if j.get("name") == "flywheel-features" and j.get("state") == "RUNNING"]
     if running:
-        print(f"feature job running: {running[0]['jid']}")
+        log.info(f"feature job running: {running[0]['jid']}")
         return {"action": "none", "job": running[0]["jid"]}
     restore = flink_cluster.latest_restore_point(cfg)
     job = flink_cluster.submit(cfg, [], savepoint=restore)
-    print(f"feature job {'resumed from ' + restore if restore else 'submitted'}: {job}")
+    log.info(f"feature job {'resumed from ' + restore if restore else 'submitted'}: {job}")
     return {"action": "resumed" if restore else "submitted", "job": job, "from": restore}
 
 
@@ -170,9 +173,9 @@ def feast_apply_if_changed() -> dict:
         h.update(f.name.encode() + f.read_bytes())
     stamp = cfg.var_dir / "feast" / "applied.sha256"
     if stamp.exists() and stamp.read_text() == h.hexdigest():
-        print("feature_repo unchanged since the last apply")
+        log.info("feature_repo unchanged since the last apply")
         return {"applied": False}
-    print(feast_store.apply(cfg))
+    log.info(feast_store.apply(cfg))
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(h.hexdigest())
     return {"applied": True}
@@ -184,5 +187,5 @@ def backfill_online(start: datetime, end: datetime) -> dict:
 
     cfg = load_settings()
     feast_store.store(cfg).materialize(start_date=start, end_date=end)
-    print(f"materialized {start} .. {end} into the online store")
+    log.info(f"materialized {start} .. {end} into the online store")
     return {"start": start.isoformat(), "end": end.isoformat()}

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from flywheel.stack.processes import ManagedProcess, port_open
 
 
@@ -37,28 +39,20 @@ def test_a_process_is_recognised_before_its_command_line_shows_the_marker(tmp_pa
     assert mp.pid() is None
 
 
-def test_a_recycled_pid_with_another_start_time_is_not_ours(tmp_path):
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"marker": "flywheel-test-marker", "started": "1"},  # same PID and marker, another start time
+        {"marker": "kafka.Kafka"},  # a PID file without a start time: the marker decides
+    ],
+    ids=["start-time", "marker"],
+)
+def test_never_signals_a_process_it_did_not_start(tmp_path, record):
+    """A recycled PID is left alone."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flywheel-test-marker"])
     try:
-        mp = ManagedProcess("recycled", tmp_path)
-        record = {"pid": other.pid, "marker": "flywheel-test-marker", "argv": [], "started": "1"}
-        mp.pid_file.write_text(json.dumps(record))
-        assert mp.pid() is None  # same PID and marker, but not the process we started
-        assert mp.stop(timeout_s=1) is False
-        time.sleep(0.2)
-        assert other.poll() is None
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_never_signals_a_process_it_did_not_start(tmp_path):
-    """A recycled PID (the marker no longer matches) is left alone."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
         mp = ManagedProcess("ghost", tmp_path)
-        tmp_path.mkdir(exist_ok=True)
-        mp.pid_file.write_text(json.dumps({"pid": other.pid, "marker": "kafka.Kafka", "argv": []}))
+        mp.pid_file.write_text(json.dumps({"pid": other.pid, "argv": [], **record}))
         assert mp.pid() is None
         assert mp.stop(timeout_s=1) is False
         time.sleep(0.2)
