@@ -29,6 +29,7 @@ from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.compat import pyflink as flink_private
 from flywheel.settings import Settings
 
+JOB_NAME = "flywheel-features"  # what the ops DAG looks for on the cluster
 SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "timestamp": "TIMESTAMP(3)"}
 
 
@@ -50,7 +51,7 @@ class JobOptions:
     group_id: str
     bounded: bool = False  # stop at the topic's current end (tests, demo, backfills)
     parallelism: int = 2
-    job_name: str = "flywheel-features"
+    job_name: str = JOB_NAME
     online: bool = True  # False: Parquet only (offline backfills; the benchmark's offline-only figure)
 
 
@@ -371,24 +372,27 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
     t_env.create_temporary_view(f"sums_{g.name}", t_env.from_data_stream(flink_private.python_stream(sums), schema))
 
 
-def _offline_sink(g: FeatureGroup, opt: JobOptions) -> str:
-    cols = [f"{k} STRING" for k in g.entities] + [f"{f.name} {SQL_TYPES[f.dtype]}" for f in g.features]
-    cols += ["event_timestamp TIMESTAMP(3)", "dt STRING", "hr STRING"]
+def _parquet_table(table: str, folder: Path, columns: str, partitions: str) -> str:
+    """A Parquet table under the offline store, committed on checkpoint (a _SUCCESS file per partition)."""
     props = {
         "connector": "filesystem",
-        "path": (opt.offline_dir / g.name).as_uri(),
+        "path": folder.as_uri(),
         "format": "parquet",
         "parquet.utc-timezone": "true",
-        # One open writer per (view, dt, hr) bucket until the next checkpoint: keep each one small.
+        # One open writer per (table, partition) until the next checkpoint: keep each one small.
         "parquet.block.size": "8388608",
         "parquet.page.size": "65536",
         "sink.partition-commit.policy.kind": "success-file",
         "sink.partition-commit.trigger": "process-time",
         "sink.partition-commit.delay": "0 s",
     }
-    return (
-        f"CREATE TABLE offline_{g.name} ({', '.join(cols)}) PARTITIONED BY (dt, hr) WITH (\n  {with_clause(props)}\n)"
-    )
+    return f"CREATE TABLE {table} ({columns}) PARTITIONED BY ({partitions}) WITH (\n  {with_clause(props)}\n)"
+
+
+def _offline_sink(g: FeatureGroup, opt: JobOptions) -> str:
+    cols = [f"{k} STRING" for k in g.entities] + [f"{f.name} {SQL_TYPES[f.dtype]}" for f in g.features]
+    cols += ["event_timestamp TIMESTAMP(3)", "dt STRING", "hr STRING"]
+    return _parquet_table(f"offline_{g.name}", opt.offline_dir / g.name, ", ".join(cols), "dt, hr")
 
 
 EVENT_LOG = "events"  # the deduplicated on-time events, where training labels come from (training/labels.py)
@@ -396,34 +400,16 @@ EVENT_LOG = "events"  # the deduplicated on-time events, where training labels c
 
 def _event_log_sink(opt: JobOptions) -> str:
     """The clean event log, partitioned like the feature views. `position` keeps its contract name here."""
-    props = {
-        "connector": "filesystem",
-        "path": (opt.offline_dir / EVENT_LOG).as_uri(),
-        "format": "parquet",
-        "parquet.utc-timezone": "true",
-        "sink.partition-commit.policy.kind": "success-file",
-        "sink.partition-commit.trigger": "process-time",
-        "sink.partition-commit.delay": "0 s",
-    }
     cols = (
         "event_id STRING, request_id STRING, user_id STRING, item_id STRING, item_category STRING, "
         "event_type STRING, `position` BIGINT, propensity DOUBLE, event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
     )
-    return f"CREATE TABLE offline_events ({cols}) PARTITIONED BY (dt, hr) WITH (\n  {with_clause(props)}\n)"
+    return _parquet_table("offline_events", opt.offline_dir / EVENT_LOG, cols, "dt, hr")
 
 
 def _audit_sink(opt: JobOptions) -> str:
-    props = {
-        "connector": "filesystem",
-        "path": (opt.offline_dir / "_audit").as_uri(),
-        "format": "parquet",
-        "sink.partition-commit.policy.kind": "success-file",
-        "sink.partition-commit.delay": "0 s",
-    }
-    return (
-        f"CREATE TABLE audit (stage STRING, minute_end TIMESTAMP(3), events BIGINT, dt STRING) "
-        f"PARTITIONED BY (dt) WITH (\n  {with_clause(props)}\n)"
-    )
+    cols = "stage STRING, minute_end TIMESTAMP(3), events BIGINT, dt STRING"
+    return _parquet_table("audit", opt.offline_dir / "_audit", cols, "dt")
 
 
 def environment(cfg: Settings, opt: JobOptions):

@@ -267,7 +267,8 @@ def _storage_uri(given: str | None, default: Path) -> str:
     return (path if path.is_absolute() else REPO_ROOT / path).as_uri()
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines (blank lines and # comments skipped), as in var/secrets.env."""
     if not path.exists():
         return {}
     out: dict[str, str] = {}
@@ -301,7 +302,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     var_dir = Path(env.get(f"{ENV_PREFIX}VAR_DIR", data.get("var_dir", "var")))
     if not var_dir.is_absolute():
         var_dir = REPO_ROOT / var_dir
-    _overlay(data, _read_env_file(var_dir / "secrets.env"))
+    _overlay(data, read_env_file(var_dir / "secrets.env"))
     _overlay(data, env)
     return Settings.model_validate(data)
 

@@ -3,13 +3,13 @@ of clicking "Trigger" in the UI (the run, its task logs and the decision are the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import datetime
 
 import requests
 
 from flywheel.errors import FlywheelError
+from flywheel.polling import wait_until
 from flywheel.settings import Settings
 from flywheel.stack.services import Airflow
 
@@ -27,14 +27,13 @@ def _session(cfg: Settings) -> tuple[str, requests.Session]:
 
 def wait_parsed(cfg: Settings, dag_id: str, timeout_s: float = 180) -> None:
     url, s = _session(cfg)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10)
-        if r.status_code == 200:
-            return
-        time.sleep(2)
-    errors = s.get(f"{url}/api/v2/importErrors", timeout=10).json()
-    raise AirflowRunError(f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {errors}")
+    try:
+        wait_until(
+            lambda: s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).ok, timeout_s, f"DAG {dag_id}", interval_s=2
+        )
+    except FlywheelError:
+        errors = s.get(f"{url}/api/v2/importErrors", timeout=10).json()
+        raise AirflowRunError(f"DAG {dag_id} not parsed after {timeout_s:.0f}s; import errors: {errors}") from None
 
 
 def trigger_and_wait(
@@ -65,38 +64,41 @@ def trigger_and_wait(
     r = s.post(f"{url}/api/v2/dags/{dag_id}/dagRuns", json=body, timeout=30)
     if r.status_code >= 400:
         raise AirflowRunError(f"trigger {dag_id} failed: {r.status_code} {r.text[:500]}")
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
+    shown = [""]  # the last task summary logged
+
+    def finished() -> dict | None:
         run = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=10).json()
         tis = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", timeout=10).json()
         states = {t["task_id"]: t["state"] for t in tis.get("task_instances", [])}
         summary = ", ".join(f"{k}={v}" for k, v in states.items() if v)
-        if summary != last:
+        if summary != shown[0]:
             log(f"  … {summary}")
-            last = summary
+            shown[0] = summary
         if run.get("state") in ("success", "failed"):
             return {"state": run["state"], "tasks": states, "run_id": run_id}
-        time.sleep(3)
-    raise AirflowRunError(f"{dag_id} run {run_id} not finished after {timeout_s:.0f}s: {last}")
+        return None
+
+    return wait_until(finished, timeout_s, f"{dag_id} run {run_id}", interval_s=3, error=AirflowRunError)
 
 
 def _drop_catchup_run(url: str, s: requests.Session, dag_id: str, log: Callable[[str], None]) -> None:
     """Unpausing makes the scheduler create a run for the latest interval (catchup=False), which would run
     before ours (max_active_runs=1) on an interval with no data. Wait for it and delete it, so the UI shows
     only the run that was asked for; fail loudly if it cannot be deleted."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def scheduled_runs() -> list[dict]:
         runs = s.get(f"{url}/api/v2/dags/{dag_id}/dagRuns", timeout=10).json()["dag_runs"]
-        scheduled = [r for r in runs if r["run_type"] == "scheduled" and r["state"] in ("queued", "running")]
-        for r in scheduled:
-            log(f"  removing the run the scheduler created on unpause ({r['dag_run_id']})")
-            run_url = f"{url}/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}"
-            if r["state"] == "running":  # a running run cannot be deleted: stop it first
-                s.patch(run_url, json={"state": "failed"}, timeout=10)
-            s.delete(run_url, timeout=10)
-            if s.get(run_url, timeout=10).status_code != 404:
-                raise AirflowRunError(f"could not delete the scheduler's run {r['dag_run_id']} of {dag_id}")
-        if scheduled:
-            return
-        time.sleep(1)
+        return [r for r in runs if r["run_type"] == "scheduled" and r["state"] in ("queued", "running")]
+
+    try:
+        scheduled = wait_until(scheduled_runs, 60, f"a scheduled run of {dag_id}", interval_s=1)
+    except FlywheelError:
+        return  # the scheduler had no interval to run: nothing to remove
+    for r in scheduled:
+        log(f"  removing the run the scheduler created on unpause ({r['dag_run_id']})")
+        run_url = f"{url}/api/v2/dags/{dag_id}/dagRuns/{r['dag_run_id']}"
+        if r["state"] == "running":  # a running run cannot be deleted: stop it first
+            s.patch(run_url, json={"state": "failed"}, timeout=10)
+        s.delete(run_url, timeout=10)
+        if s.get(run_url, timeout=10).status_code != 404:
+            raise AirflowRunError(f"could not delete the scheduler's run {r['dag_run_id']} of {dag_id}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
 from flywheel.errors import FlywheelError
+from flywheel.polling import wait_until
 from flywheel.settings import REPO_ROOT, Settings
 
 
@@ -89,13 +89,11 @@ def completed_checkpoints(cfg: Settings, job_id: str) -> int:
 
 
 def wait_state(cfg: Settings, job_id: str, states: set[str], timeout_s: float = 300) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> str | None:
         state = job(cfg, job_id)["state"]
-        if state in states:
-            return state
-        time.sleep(1)
-    raise FlinkError(f"job {job_id} not in {states} after {timeout_s:.0f}s (now {state})")
+        return state if state in states else None
+
+    return wait_until(reached, timeout_s, f"job {job_id} reaching {sorted(states)}", interval_s=1, error=FlinkError)
 
 
 def cancel(cfg: Settings, job_id: str, timeout_s: float = 120) -> None:
@@ -112,16 +110,17 @@ def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> s
     )
     r.raise_for_status()
     trigger = r.json()["request-id"]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def location() -> str | None:
         st = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/savepoints/{trigger}", timeout=10).json()
-        if st["status"]["id"] == "COMPLETED":
-            op = st["operation"]
-            if "failure-cause" in op:
-                raise FlinkError(f"savepoint failed: {op['failure-cause'].get('stack-trace', '')[:2000]}")
-            return op["location"]
-        time.sleep(1)
-    raise FlinkError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
+        if st["status"]["id"] != "COMPLETED":
+            return None
+        op = st["operation"]
+        if "failure-cause" in op:
+            raise FlinkError(f"savepoint failed: {op['failure-cause'].get('stack-trace', '')[:2000]}")
+        return op["location"]
+
+    return wait_until(location, timeout_s, f"savepoint of {job_id}", interval_s=1, error=FlinkError)
 
 
 def latest_restore_point(cfg: Settings) -> str | None:

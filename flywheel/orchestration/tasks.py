@@ -147,11 +147,12 @@ def rollback_check(end: datetime) -> dict:
 def ensure_feature_job() -> dict:
     """The Flink feature job runs on the cluster: if not, resume it from its latest savepoint or retained
     checkpoint, or submit it fresh."""
+    from flink_jobs.features import JOB_NAME
     from flywheel.clients import flink as flink_cluster
 
     cfg = load_settings()
     jobs = flink_cluster.list_jobs(cfg)
-    running = [j for j in jobs if j.get("name") == "flywheel-features" and j.get("state") == "RUNNING"]
+    running = [j for j in jobs if j.get("name") == JOB_NAME and j.get("state") == "RUNNING"]
     if running:
         log.info(f"feature job running: {running[0]['jid']}")
         return {"action": "none", "job": running[0]["jid"]}

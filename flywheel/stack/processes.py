@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flywheel import polling
 from flywheel.errors import FlywheelError
 
 
@@ -151,29 +152,12 @@ def require_free_port(service: str, host: str, port: int, env_hint: str) -> None
         )
 
 
-def wait_until(
+def wait_healthy(
     check: Callable[[], bool],
     timeout_s: float,
     what: str,
     log_file: Path | None = None,
     alive: Callable[[], bool] | None = None,
 ) -> None:
-    """Poll `check` until it holds; fail early (with the log's tail) if the process died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - any error while a service boots means "not yet"
-            pass
-        if alive is not None and not alive():
-            raise InfraError(f"{what}: the process exited during start-up.{_tail(log_file)}")
-        time.sleep(0.5)
-    raise InfraError(f"{what}: not healthy after {timeout_s:.0f}s.{_tail(log_file)}")
-
-
-def _tail(log_file: Path | None, lines: int = 15) -> str:
-    if log_file is None or not log_file.exists():
-        return ""
-    text = log_file.read_text(errors="replace").splitlines()[-lines:]
-    return f"\nLast lines of {log_file}:\n" + "\n".join(text)
+    """Poll a service's health check; any error while a service boots means "not yet"."""
+    polling.wait_until(check, timeout_s, what, retry_on=(Exception,), alive=alive, log_file=log_file, error=InfraError)

@@ -21,13 +21,13 @@ import redis
 import requests
 
 from flywheel.clients.kafka import broker_ready, ensure_topics
-from flywheel.settings import REPO_ROOT, Settings, is_loopback
+from flywheel.settings import REPO_ROOT, Settings, is_loopback, read_env_file
 from flywheel.stack.processes import (
     InfraError,
     ManagedProcess,
     port_open,
     require_free_port,
-    wait_until,
+    wait_healthy,
 )
 
 
@@ -97,17 +97,17 @@ class Service(ABC):
 
     def up(self) -> str:
         if not self.local:
-            wait_until(self.healthy, 30, f"{self.name} (remote, {self.url})")
+            wait_healthy(self.healthy, 30, f"{self.name} (remote, {self.url})")
             self.after_start()
             return "remote, healthy"
         if self.proc.pid() is not None:
-            wait_until(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
+            wait_healthy(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
             self.after_start()
             return "already running"
         require_free_port(self.name, self.host, self.port, self.env_hint)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._launch()
-        wait_until(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
+        wait_healthy(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
         self.after_start()
         return "started"
 
@@ -406,7 +406,7 @@ class Flink(Service):
         state = super().up()
         if self.local and state == "already running" and self.tm_proc.pid() is None:
             self.start_taskmanager()
-            wait_until(self.healthy, self.health_timeout_s, "flink taskmanager", self.tm_log, self._alive)
+            wait_healthy(self.healthy, self.health_timeout_s, "flink taskmanager", self.tm_log, self._alive)
             return "taskmanager restarted"
         return state
 
@@ -461,7 +461,7 @@ class Airflow(Service):
                 "No Airflow password: set FLYWHEEL_AIRFLOW__PASSWORD (or let `flywheel infra up` "
                 "generate var/secrets.env)."
             )
-        local_secrets = read_secrets(self.cfg)
+        local_secrets = read_env_file(self.cfg.secrets_file)
         env = dict(os.environ)
         env.update(
             AIRFLOW_HOME=str(self.dir),
@@ -507,19 +507,12 @@ class Airflow(Service):
 SERVICES: dict[str, type[Service]] = {"kafka": Kafka, "redis": Redis, "flink": Flink, "airflow": Airflow}
 
 
-def read_secrets(cfg: Settings) -> dict[str, str]:
-    path = cfg.secrets_file
-    if not path.exists():
-        return {}
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
 def ensure_local_secrets(cfg: Settings) -> bool:
     """Generate local-only secrets into var/secrets.env (0600) for whatever the environment leaves unset.
 
     Returns True when the file was (re)written, so callers reload settings.
     """
-    current = read_secrets(cfg)
+    current = read_env_file(cfg.secrets_file)
     wanted = {
         "FLYWHEEL_REDIS__PASSWORD": None if cfg.redis.password else secrets.token_urlsafe(18),
         "FLYWHEEL_AIRFLOW__PASSWORD": None if cfg.airflow.password else secrets.token_urlsafe(12),
