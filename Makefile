@@ -1,5 +1,5 @@
 # Flywheel: the commands a newcomer needs. `make setup` is idempotent and runs first everywhere.
-.PHONY: setup demo test test-unit test-integration bench lint down
+.PHONY: setup demo test test-unit test-jvm test-integration bench lint down
 
 PYTEST = .venv/bin/pytest -q --durations=15
 
@@ -9,14 +9,20 @@ setup:
 demo: setup
 	.venv/bin/flywheel demo
 
-# Unit tests first (seconds to a minute), then the integration tests on the real local stack.
+# The Java operators' tests and the unit tests first (seconds to a minute), then the integration tests on
+# the real local stack.
 test: setup
+	bash tests/jvm/run.sh
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration
 
 # The fast unit tests only (the slow ones train models or compare against Feast): a few seconds.
 test-unit: setup
 	$(PYTEST) tests/unit -m "not slow"
+
+# Flywheel's Java operators under Flink's operator test harnesses (tests/jvm/).
+test-jvm: setup
+	bash tests/jvm/run.sh
 
 test-integration: setup
 	$(PYTEST) tests/integration
