@@ -50,7 +50,7 @@ def read_trainset(path: Path) -> tuple[pa.Table, Manifest]:
     manifest = Manifest.read(path / "manifest.json")
     table = pq.read_table([str(path / f) for f in manifest.files]) if manifest.files else None
     if table is None or table.num_rows == 0:
-        raise ValueError(f"{path}: the training set is empty; build one with `flywheel trainset build`")
+        raise FlywheelError(f"{path}: the training set is empty; build one with `flywheel trainset build`")
     return table.sort_by("event_timestamp"), manifest
 
 

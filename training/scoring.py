@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 from training.model import to_batch
 from training.pipeline import load_model, registry
@@ -76,7 +77,10 @@ def rank(cfg: Settings, user: str, items: list[str], at: datetime | None = None,
     reg = registry(cfg)
     champion = reg.alias("champion")
     if champion is None:
-        raise RuntimeError("no champion model yet: run the monthly full retraining (or `flywheel train full`) first")
+        raise FlywheelError(
+            "no champion model yet: trigger the retrain_monthly_full DAG, or run `flywheel train fit --mode full` "
+            "and `flywheel train decide <version>`"
+        )
     model, mcfg = load_model(reg, champion.version)
     store = store or feast_store.store(cfg)
     table = online_rows(cfg, store, user, items, champion.feature_service, at or datetime.now(UTC))

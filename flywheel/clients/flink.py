@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -21,6 +22,24 @@ from flywheel.settings import REPO_ROOT, Settings
 
 class FlinkError(FlywheelError):
     pass
+
+
+def rest(cfg: Settings, method: str, path: str, timeout_s: float = 10, **kwargs: Any) -> Any:
+    """A call to Flink's REST API, its JSON answer; an unreachable cluster or an unknown job is a FlinkError
+    that says what to do."""
+    url = f"{cfg.flink.rest_url}{path}"
+    try:
+        r = requests.request(method, url, timeout=timeout_s, **kwargs)
+    except requests.ConnectionError:
+        raise FlinkError(
+            f"Flink's REST API at {cfg.flink.rest_url} does not answer: start the cluster "
+            "(`flywheel infra up -s flink`) or point FLYWHEEL_FLINK__REST_URL at yours"
+        ) from None
+    if r.status_code == 404 and "/jobs/" in path:
+        raise FlinkError(f"Flink knows no such job ({path}): `flywheel flink list` shows the jobs")
+    if not r.ok:
+        raise FlinkError(f"Flink answered {r.status_code} to {method} {path}: {r.text[:500]}")
+    return r.json() if r.content else None
 
 
 def _flink_home() -> Path:
@@ -66,22 +85,16 @@ def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> 
 
 
 def list_jobs(cfg: Settings) -> list[dict]:
-    r = requests.get(f"{cfg.flink.rest_url}/jobs/overview", timeout=10)
-    r.raise_for_status()
-    return r.json()["jobs"]
+    return rest(cfg, "GET", "/jobs/overview")["jobs"]
 
 
 def job(cfg: Settings, job_id: str) -> dict:
-    r = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=10)
-    r.raise_for_status()
-    return r.json()
+    return rest(cfg, "GET", f"/jobs/{job_id}")
 
 
 def checkpoints(cfg: Settings, job_id: str) -> dict:
     """Flink's checkpoint statistics: counts, and under latest the completed and the restored one."""
-    r = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=10)
-    r.raise_for_status()
-    return r.json()
+    return rest(cfg, "GET", f"/jobs/{job_id}/checkpoints")
 
 
 def completed_checkpoints(cfg: Settings, job_id: str) -> int:
@@ -98,21 +111,19 @@ def wait_state(cfg: Settings, job_id: str, states: set[str], timeout_s: float = 
 
 def cancel(cfg: Settings, job_id: str, timeout_s: float = 120) -> None:
     """Cancel a job (no savepoint) and wait until it is gone."""
-    requests.patch(f"{cfg.flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10).raise_for_status()
+    rest(cfg, "PATCH", f"/jobs/{job_id}", params={"mode": "cancel"})
     wait_state(cfg, job_id, {"CANCELED", "FINISHED", "FAILED"}, timeout_s)
 
 
 def stop_with_savepoint(cfg: Settings, job_id: str, timeout_s: float = 300) -> str:
     """Stop the job with a savepoint; returns the savepoint path."""
     target = cfg.savepoint_uri
-    r = requests.post(
-        f"{cfg.flink.rest_url}/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}, timeout=30
-    )
-    r.raise_for_status()
-    trigger = r.json()["request-id"]
+    trigger = rest(cfg, "POST", f"/jobs/{job_id}/stop", 30, json={"targetDirectory": target, "drain": False})[
+        "request-id"
+    ]
 
     def location() -> str | None:
-        st = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/savepoints/{trigger}", timeout=10).json()
+        st = rest(cfg, "GET", f"/jobs/{job_id}/savepoints/{trigger}")
         if st["status"]["id"] != "COMPLETED":
             return None
         op = st["operation"]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import KafkaSettings
 
 LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
@@ -27,6 +28,13 @@ def end_offsets(kafka: KafkaSettings, topic: str, retry_s: float = 30.0) -> dict
                 return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in md.partitions}
             except KafkaException as exc:
                 err = exc.args[0]
+                if err.code() == KafkaError._TRANSPORT:
+                    raise FlywheelError(
+                        f"Kafka at {kafka.bootstrap_servers} does not answer: start it (`flywheel infra up -s kafka`) "
+                        "or point FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS at your brokers"
+                    ) from exc
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise FlywheelError(f"no topic {topic!r} on {kafka.bootstrap_servers}") from exc
                 if not (err.retriable() or err.code() in LEADERLESS) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

@@ -56,3 +56,23 @@ def test_an_unknown_feature_service_names_the_known_ones(tmp_path):
     store = isolated_store(tmp_path / "feast", tmp_path / "offline")
     with pytest.raises(FlywheelError, match=r"no feature service 'ranker_v9'.*known: ranker_v1"):
         trainset.plan(store, "ranker_v9")
+
+
+DOWN = [
+    (["flink", "list"], {"FLYWHEEL_FLINK__REST_URL": "http://127.0.0.1:1"}, "flywheel infra up -s flink"),
+    (["flink", "stop", "job-1"], {"FLYWHEEL_FLINK__REST_URL": "http://127.0.0.1:1"}, "FLYWHEEL_FLINK__REST_URL"),
+    (["events", "count"], {"FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "flywheel infra up -s kafka"),
+    (["score", "--user", "u1", "--items", "a,b"], {}, "no champion model yet"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "fragment"), DOWN, ids=[" ".join(a) for a, _, _ in DOWN])
+def test_a_missing_service_or_model_is_one_line_naming_the_fix(args, env, fragment, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    result = CliRunner().invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert fragment in text and "Traceback" not in result.output, text
