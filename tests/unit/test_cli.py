@@ -66,6 +66,7 @@ DOWN = [
 ]
 
 
+@pytest.mark.slow  # the Kafka client waits out its metadata timeout
 @pytest.mark.parametrize(("args", "env", "fragment"), DOWN, ids=[" ".join(a) for a, _, _ in DOWN])
 def test_a_missing_service_or_model_is_one_line_naming_the_fix(args, env, fragment, tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_VAR_DIR", str(tmp_path))
