@@ -178,27 +178,20 @@ WINDOWS: dict[str, Window] = {
     "7d": Window(timedelta(days=7), timedelta(hours=1)),
 }
 
+
+def _stats(entity: str, debiased: bool, what: str) -> tuple[FeatureGroup, ...]:
+    """An entity's counts and CTRs over each of WINDOWS, one view per window."""
+    return tuple(
+        FeatureGroup(
+            f"{entity}_stats_{w}", (f"{entity}_id",), WINDOWS[w], _counts(entity, w, debiased), f"{what} over {w}."
+        )
+        for w in WINDOWS
+    )
+
+
 GROUPS: tuple[FeatureGroup, ...] = (
-    *(
-        FeatureGroup(
-            f"user_stats_{w}",
-            ("user_id",),
-            WINDOWS[w],
-            _counts("user", w, debiased=True),
-            f"A user's impressions, clicks, purchases and CTR (raw and position-debiased) over {w}.",
-        )
-        for w in WINDOWS
-    ),
-    *(
-        FeatureGroup(
-            f"item_stats_{w}",
-            ("item_id",),
-            WINDOWS[w],
-            _counts("item", w, debiased=False),
-            f"An item's impressions, clicks, purchases and CTR over {w}.",
-        )
-        for w in WINDOWS
-    ),
+    *_stats("user", True, "A user's impressions, clicks, purchases and CTR (raw and position-debiased)"),
+    *_stats("item", False, "An item's impressions, clicks, purchases and CTR"),
     FeatureGroup(
         "user_category_stats_7d",
         ("user_id", "item_category"),

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from training.trainset import Plan, ViewJoin
+from training.trainset import Plan
 
 KEY_PREFIX = {"user_id": "u", "item_id": "i", "item_category": "c"}
 
@@ -39,50 +39,6 @@ def _values(rng: np.random.Generator, dtype: str, n: int, ts_ms: np.ndarray) -> 
     raise ValueError(dtype)
 
 
-def write_view(
-    v: ViewJoin,
-    offline_dir: Path,
-    n: int,
-    start: datetime,
-    days: float,
-    card: dict[str, int],
-    seed: int,
-    single_file: bool = False,
-) -> None:
-    rng = np.random.default_rng(seed)
-    minutes = rng.integers(0, int(days * 1440), n)
-    rel_ms = minutes * 60_000
-    cols = {k: _keys(rng, k, n, card) for k in v.join_keys}
-    abs_ms = int(start.timestamp() * 1000) + rel_ms
-    cols |= {name: _values(rng, t, n, abs_ms) for name, t in v.features}
-    cols[v.timestamp_field] = _ms(start, rel_ms)
-    # One row per key and window end, as the feature job writes (a tie would make "as of" ambiguous).
-    table = pa.Table.from_pandas(
-        pa.table(cols).to_pandas().drop_duplicates([*v.join_keys, v.timestamp_field]), preserve_index=False
-    )
-    ts = table.column(v.timestamp_field)
-    table = table.append_column("dt", pc.strftime(ts, format="%Y-%m-%d")).append_column(
-        "hr", pc.strftime(ts, format="%H")
-    )
-    if single_file:  # one plain file per view, timestamps with their zone: the shape Feast's file store reads
-        pq.write_table(table.drop_columns(["dt", "hr"]), offline_dir / f"{v.name}.parquet")
-        return
-    # Flink writes TIMESTAMP(3) as Parquet INT96 without a zone; do the same.
-    table = table.cast(pa.schema([pa.field(f.name, pa.timestamp("ns")) if pa.types.is_timestamp(f.type) else f
-                                  for f in table.schema]))  # fmt: skip
-    ds.write_dataset(
-        table,
-        offline_dir / v.name,
-        file_options=ds.ParquetFileFormat().make_write_options(use_deprecated_int96_timestamps=True),
-        format="parquet",
-        partitioning=["dt", "hr"],
-        partitioning_flavor="hive",
-        basename_template="part-{i}",
-        existing_data_behavior="overwrite_or_ignore",
-        max_rows_per_group=1 << 20,
-    )
-
-
 def write_features(
     p: Plan,
     offline_dir: Path,
@@ -95,8 +51,40 @@ def write_features(
 ) -> None:
     """`rows` feature rows in total, split evenly over the plan's views."""
     offline_dir.mkdir(parents=True, exist_ok=True)
+    n = rows // len(p.views)
     for i, v in enumerate(p.views):
-        write_view(v, offline_dir, rows // len(p.views), start, days, card, seed + i, single_file)
+        rng = np.random.default_rng(seed + i)
+        minutes = rng.integers(0, int(days * 1440), n)
+        rel_ms = minutes * 60_000
+        cols = {k: _keys(rng, k, n, card) for k in v.join_keys}
+        abs_ms = int(start.timestamp() * 1000) + rel_ms
+        cols |= {name: _values(rng, t, n, abs_ms) for name, t in v.features}
+        cols[v.timestamp_field] = _ms(start, rel_ms)
+        # One row per key and window end, as the feature job writes (a tie would make "as of" ambiguous).
+        table = pa.Table.from_pandas(
+            pa.table(cols).to_pandas().drop_duplicates([*v.join_keys, v.timestamp_field]), preserve_index=False
+        )
+        ts = table.column(v.timestamp_field)
+        table = table.append_column("dt", pc.strftime(ts, format="%Y-%m-%d")).append_column(
+            "hr", pc.strftime(ts, format="%H")
+        )
+        if single_file:  # one plain file per view, timestamps with their zone: the shape Feast's file store reads
+            pq.write_table(table.drop_columns(["dt", "hr"]), offline_dir / f"{v.name}.parquet")
+            continue
+        # Flink writes TIMESTAMP(3) as Parquet INT96 without a zone; do the same.
+        table = table.cast(pa.schema([pa.field(f.name, pa.timestamp("ns")) if pa.types.is_timestamp(f.type) else f
+                                      for f in table.schema]))  # fmt: skip
+        ds.write_dataset(
+            table,
+            offline_dir / v.name,
+            file_options=ds.ParquetFileFormat().make_write_options(use_deprecated_int96_timestamps=True),
+            format="parquet",
+            partitioning=["dt", "hr"],
+            partitioning_flavor="hive",
+            basename_template="part-{i}",
+            existing_data_behavior="overwrite_or_ignore",
+            max_rows_per_group=1 << 20,
+        )
 
 
 def labels(n: int, start: datetime, days: float, card: dict[str, int], seed: int) -> pa.Table:
