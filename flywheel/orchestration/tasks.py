@@ -23,7 +23,12 @@ def run_key(mode: str, end: datetime) -> str:
 
 def build_trainset(start: datetime, end: datetime, mode: str) -> str:
     """The training set for a retraining run ending at `end`: the last 7 days (incremental) or the full
-    history window (full). Its name carries the interval, so a re-run rewrites the same folder."""
+    history window (full). Its name carries the interval, so a re-run rewrites the same folder.
+
+    An interval without impressions skips the run (every task after this one is skipped): there is nothing
+    to train or judge on, which is not a data-quality failure and decides nothing in the registry."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from flywheel.clients import feast_store
     from training import trainset
 
@@ -35,6 +40,8 @@ def build_trainset(start: datetime, end: datetime, mode: str) -> str:
     log.info(
         f"training set {out}: {manifest.rows} rows, label rates {manifest.label_rates}, final={manifest.labels_final}"
     )
+    if manifest.rows == 0:
+        raise AirflowSkipException(f"no impressions in {begin:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}: nothing to do")
     return str(out)
 
 
