@@ -27,6 +27,8 @@ def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in FIRST_PARTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    # PyFlink's Beam warns on every run that Google Cloud Storage support is not installed: it is not used.
+    logging.getLogger("apache_beam.io.filesystems").setLevel(logging.ERROR)
 
 
 def fail(msg: str) -> NoReturn:
