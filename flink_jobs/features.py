@@ -259,10 +259,9 @@ def pane_views(groups: tuple[FeatureGroup, ...]) -> tuple[list[ViewStep], dict[s
     slide that is a multiple of a finer one sums the finer panes, not the events (the hourly panes are
     twelve 5-minute ones). So each family's events are summed once, not once per group.
 
-    Exact sums: DOUBLE sums that are added and subtracted drift (a window emptied of position weights
-    summed to -1e-17, not 0). So every partial sum is a BIGINT: counts as they are, fractional columns in
-    fixed point (FIXED_POINT), and an empty window sums to exactly 0. BIGINT, not DECIMAL(38, 18): a wide
-    DECIMAL is a BigDecimal in every operator and every checkpoint, and took a tenth of the CPU."""
+    Exact sums: every partial sum is a BIGINT (counts as they are, fractional columns in fixed point,
+    FIXED_POINT), because added and subtracted DOUBLEs drift and an emptied window must sum to exactly 0,
+    and a wide DECIMAL would be a BigDecimal in every operator and checkpoint."""
     families: dict[tuple, list[FeatureGroup]] = {}
     for g in groups:
         if g.emits_changes:
@@ -340,14 +339,8 @@ def group_views(g: FeatureGroup) -> list[ViewStep]:
 
 def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
     """View sums_<group>: the group's window sums for each key, emitted when they change, stamped with
-    the move (flink_jobs/jvm SlidingSums: one keyed JVM operator).
-
-    A RANGE frame was tried first; it rescans the window's buffered panes at every move and took most
-    of the job's CPU. Then three SQL steps (a union of enter and leave rows, a window netting them, an
-    unbounded OVER aggregation for the running sums), each with its own state and timers, two behind a
-    network exchange. One operator instead: the Parquet-only 2M replay 156.4 s -> 120.0 s, the same
-    rows; at a 5-minute boundary W, user_stats_1h reached the online writer 0.68 s after W + watermark
-    delay, not 1.1-1.4 s."""
+    the move (flink_jobs/jvm SlidingSums: one keyed JVM operator, where SQL needed three stateful steps
+    and two network exchanges; docs/design/feature-job.md)."""
     from pyflink.table import DataTypes, Schema
 
     jvm = flink_private.jvm()
@@ -436,16 +429,14 @@ def environment(cfg: Settings, opt: JobOptions):
         # Not for replays of a backlog: a partition the reader is merely slow to get to would be marked
         # idle, the watermark would jump to the fastest partition, and its events would all turn late.
         tc.set("table.exec.source.idle-timeout", f"{cfg.features.idle_timeout_s} s")
-    # Keyed state is small (open panes and dedup windows, one running sum per key), and the heap backend
-    # beat RocksDB here (whose (de)serialization and compactions took a third of the CPU). RocksDB, with
-    # incremental checkpoints, is the choice when the keys outgrow the heap.
+    # Keyed state is small (open panes and dedup windows, one running sum per key) and the heap backend is
+    # faster; RocksDB, with incremental checkpoints, is the choice when the keys outgrow the heap.
     tc.set("state.backend.type", cfg.features.state_backend)
     tc.set("execution.checkpointing.incremental", str(cfg.features.state_backend == "rocksdb").lower())
     tc.set("execution.checkpointing.dir", cfg.checkpoint_uri)
     tc.set("execution.checkpointing.savepoint-dir", cfg.savepoint_uri)
     tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    # Aligned checkpoints: unaligned ones were tried and persisted the in-flight window output (150 MB
-    # for 20k events) and doubled the run time.
+    # Aligned checkpoints: unaligned ones persist the in-flight window output, which is large in a replay.
     tc.set("restart-strategy.type", "exponential-delay")
     # A checkpoint that expires while barriers queue behind a backlog must not fail the job: the restart
     # would replay from the last checkpoint, and at the end of a bounded input the file sink has already
@@ -453,9 +444,8 @@ def environment(cfg: Settings, opt: JobOptions):
     tc.set("execution.checkpointing.timeout", "30 min")
     tc.set("execution.checkpointing.tolerable-failed-checkpoints", "10")
     tc.set("python.fn-execution.bundle.time", "100")
-    # One-phase window aggregation: the local pre-aggregation's buffers are flushed (and their buckets
-    # zeroed) at every slide the watermark crosses, which a replay does thousands of times; without it the
-    # 2M-event replay took 223.1 s instead of 235-246 s.
+    # One-phase window aggregation: the local pre-aggregation's buffers are flushed at every slide the
+    # watermark crosses, which a replay does thousands of times.
     tc.set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
     # Chained operators hand records on without a defensive copy (the SQL operators do not keep
     # references to their input; the online writer serializes what it buffers).

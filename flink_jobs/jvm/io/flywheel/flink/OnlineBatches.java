@@ -26,13 +26,12 @@ import org.apache.flink.types.Row;
 /**
  * What the online writer receives from one feature view: batches of each key's latest window value, as
  * Row(feature_view, rows) with rows a JSON array of [entity_keys, window_end_ms, feature_values], as UTF-8
- * bytes (Flink serializes a String char by char: for these ~100 KB batches, a tenth of the JVM samples in a
- * JFR profile of a replay).
+ * bytes (Flink serializes a String char by char, which is costly for batches of ~100 KB).
  *
  * <p>Input: the view's rows as they leave its aggregation (keys, then features, then event_timestamp,
  * the window end), typed. One instance per view, chained to the aggregation: a row is kept by reference,
- * and only the values that survive to a hand-over are turned into JSON (every emitted value went through
- * JSON_OBJECT in SQL before, and most were overwritten by the key's next value before any write).
+ * and only the values that survive to a hand-over are turned into JSON (most are overwritten by the key's
+ * next value before any write).
  *
  * <p>Latest per key: Redis keeps only a key's newest value, so of the successive values a key gets
  * between two hand-overs only the last is worth a Feast write. When hand-overs happen:
@@ -113,8 +112,8 @@ public class OnlineBatches extends AbstractStreamOperator<Row> implements OneInp
 
     /**
      * Hands the writer an empty batch at once. PyFlink opens a Python function (for the writer: importing
-     * Feast and reading its registry, 12.4 s here) only when its first element arrives; without this, the
-     * first window values of a freshly started job waited for that.
+     * Feast and reading its registry, seconds) only when its first element arrives; without this, the first
+     * window values of a freshly started job waited for that.
      */
     @Override
     public void open() throws Exception {

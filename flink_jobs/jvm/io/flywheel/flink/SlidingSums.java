@@ -25,10 +25,9 @@ import org.apache.flink.types.Row;
  * time are netted. At the watermark, each move is added to the key's running sums, and the sums are
  * emitted, stamped with the move's time, unless the move nets to nothing.
  *
- * <p>Before, this was three SQL steps: a union of the enter and leave rows, a tumbling window to net
- * the moves, and an unbounded OVER aggregation for the running sums. Each step had its own keyed
- * state and timers, and the last two had a network exchange before them. Here one keyed operator does
- * it.
+ * <p>In SQL this takes three steps (a union of the enter and leave rows, a tumbling window to net the
+ * moves, an unbounded OVER aggregation for the running sums), each with its own keyed state and timers
+ * and two behind a network exchange; here one keyed operator does it.
  *
  * <p>Input: the panes as Row(keys..., sums... (BIGINT), t), where t is the pane's window time, keyed by
  * {@link RowKey}. Output: Row(keys..., sums..., t) with t the move's time (a LocalDateTime in UTC). The
