@@ -362,7 +362,9 @@ def run(cfg: Settings, log=print) -> dict:
     """All figures; each is merged into results.json as soon as it is measured (the run is long)."""
     from benchmarks.results import merge
     from benchmarks.spark_processor import processor_seconds
+    from flywheel.clients import feast_store
 
+    log(f"  {feast_store.apply(cfg)}")  # the job's online writer needs the views in the registry
     figures: dict = {"features_bench_shape": ", ".join(f"{k}={v}" for k, v in SHAPE.items()) + f", calibration={SMALL}"}
 
     def keep(**new) -> None:

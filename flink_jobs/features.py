@@ -27,6 +27,7 @@ from flink_jobs.common import FUNCTIONS, connector_jars, embedded_logs_to_file, 
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
 from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.compat import pyflink as flink_private
+from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 
 JOB_NAME = "flywheel-features"  # what the ops DAG looks for on the cluster
@@ -437,7 +438,10 @@ def environment(cfg: Settings, opt: JobOptions):
     tc.set("execution.checkpointing.savepoint-dir", cfg.savepoint_uri)
     tc.set("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     # Aligned checkpoints: unaligned ones persist the in-flight window output, which is large in a replay.
+    # Bounded: a job that cannot heal (a missing view, a wrong password) stops and says why instead of
+    # restarting forever; the count resets after an hour without failures.
     tc.set("restart-strategy.type", "exponential-delay")
+    tc.set("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(cfg.features.restart_attempts))
     # A checkpoint that expires while barriers queue behind a backlog must not fail the job: the restart
     # would replay from the last checkpoint, and at the end of a bounded input the file sink has already
     # committed its final files (the suspected cause of duplicate Parquet rows in a 200k-event run).
@@ -453,10 +457,26 @@ def environment(cfg: Settings, opt: JobOptions):
     return env, t_env
 
 
+def check_feast_registry(cfg: Settings) -> None:
+    """Every view the job writes online is in the Feast registry: checked before the job starts, because in
+    the online writer's open() the failure would only restart the job."""
+    from flywheel.clients import feast_store
+
+    known = {fv.name for fv in feast_store.store(cfg).list_feature_views()}
+    missing = sorted({g.name for g in GROUPS} - known)
+    if missing:
+        raise FlywheelError(
+            f"feature views {missing} are not in the Feast registry ({feast_store.FEATURE_REPO}): "
+            "run `flywheel features apply` first"
+        )
+
+
 def build(cfg: Settings, opt: JobOptions):
     """Create the environment and declare the whole job. Returns (stream env, statement set)."""
     from flywheel.clients.kafka import ensure_topics
 
+    if opt.online:
+        check_feast_registry(cfg)
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
     create_source(t_env, cfg, opt)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from flywheel.errors import FlywheelError
 
@@ -141,6 +141,7 @@ class FeatureJobSettings(_Model):
     online_batch_size: int
     online_live_lag_s: int
     online_catchup_flush_s: int
+    restart_attempts: int = Field(10, ge=1)  # restarts in a row (without a stable hour between) before failing
     checkpoint_dir: str | None = None  # a path or a URI (s3://...); None: <var_dir>/flink/checkpoints
     savepoint_dir: str | None = None  # likewise; None: <var_dir>/flink/savepoints
 
