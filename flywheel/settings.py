@@ -244,6 +244,11 @@ class Settings(_Model):
         return self.var_dir / "offline"
 
     @property
+    def local_flink_conf_dir(self) -> Path:
+        """The configuration `flywheel infra up` writes for the local Flink cluster (and `flink run` reads)."""
+        return self.var_dir / "flink" / "conf"
+
+    @property
     def checkpoint_uri(self) -> str:
         """Where the feature job's checkpoints go: durable storage every TaskManager and the JobManager
         can reach (a local path only serves a one-machine cluster)."""

@@ -17,7 +17,7 @@ import requests
 
 from flywheel.errors import FlywheelError
 from flywheel.polling import wait_until
-from flywheel.settings import REPO_ROOT, Settings
+from flywheel.settings import REPO_ROOT, Settings, is_loopback
 
 
 class FlinkError(FlywheelError):
@@ -50,12 +50,9 @@ def _flink_home() -> Path:
 
 def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> str:
     """Submit flink_jobs/features.py detached; returns the job id."""
-    from flywheel.stack.services import Flink
-
-    flink = Flink(cfg)
     env = {**os.environ, "FLYWHEEL_VAR_DIR": str(cfg.var_dir), "PYTHONPATH": str(REPO_ROOT)}
-    if flink.local and flink.conf_dir.exists():
-        env["FLINK_CONF_DIR"] = str(flink.conf_dir)
+    if is_loopback(cfg.flink.host) and cfg.local_flink_conf_dir.exists():
+        env["FLINK_CONF_DIR"] = str(cfg.local_flink_conf_dir)
     cmd = [
         "bash",
         str(_flink_home() / "bin" / "flink"),

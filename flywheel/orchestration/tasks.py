@@ -72,7 +72,7 @@ def record_blocked(trainset_dir: str, reasons: list[str], key: str) -> dict:
     if not any(e.get("run_key") == key for e in reg.audit()):
         reg.record("blocked_by_data", None, reasons, run_key=key, trainset=trainset_dir)
     for r in reasons:
-        log.info(f"BLOCKED: {r}")
+        log.warning(f"blocked: {r}")
     return {"outcome": "blocked_by_data", "reasons": reasons}
 
 
@@ -88,7 +88,7 @@ def train(trainset_dir: str, mode: str, key: str) -> str:
 
 
 def evaluation_report(version: str) -> dict:
-    """Print the candidate's metrics next to the champion's (what a reviewer reads in the task log)."""
+    """Log the candidate's metrics next to the champion's (what a reviewer reads in the task log)."""
     from training import pipeline
 
     mv = pipeline.registry(load_settings()).get(version)

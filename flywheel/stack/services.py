@@ -302,7 +302,7 @@ class Flink(Service):
 
     @property
     def conf_dir(self) -> Path:
-        return self.dir / "conf"
+        return self.cfg.local_flink_conf_dir
 
     def overview(self) -> dict:
         return requests.get(f"{self.url}/overview", timeout=2).json()
@@ -492,16 +492,6 @@ class Airflow(Service):
         pw_file.write_text(json.dumps({self.cfg.airflow.username: self.cfg.airflow.password_value()}))
         pw_file.chmod(0o600)
         self.proc.start([venv_bin("airflow"), "standalone"], self.log_file, marker="standalone", env=env, cwd=self.dir)
-
-    def token(self) -> str:
-        a = self.cfg.airflow
-        r = requests.post(
-            f"{self.url}/auth/token",
-            json={"username": a.username, "password": a.password_value()},
-            timeout=10,
-        )
-        r.raise_for_status()
-        return r.json()["access_token"]
 
 
 SERVICES: dict[str, type[Service]] = {"kafka": Kafka, "redis": Redis, "flink": Flink, "airflow": Airflow}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
+from flywheel.clients.airflow import token
 from flywheel.stack import control as stack
 from flywheel.stack.services import Airflow
 
@@ -22,7 +23,9 @@ def airflow(cfg):
 
 def test_api_requires_login_and_accepts_the_configured_credentials(airflow):
     assert requests.get(f"{airflow.url}/api/v2/dags", timeout=10).status_code == 401
-    r = requests.get(f"{airflow.url}/api/v2/dags", headers={"Authorization": f"Bearer {airflow.token()}"}, timeout=10)
+    r = requests.get(
+        f"{airflow.url}/api/v2/dags", headers={"Authorization": f"Bearer {token(airflow.cfg)}"}, timeout=10
+    )
     assert r.status_code == 200
     bad = requests.post(f"{airflow.url}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=10)
     assert bad.status_code == 401

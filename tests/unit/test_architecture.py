@@ -52,6 +52,13 @@ def test_nothing_outside_the_cli_imports_it():
     assert not {m: d for m, d in offenders.items() if d}, "import the library module the CLI calls instead"
 
 
+def test_clients_do_not_reach_into_the_stack_supervisor():
+    """Clients of services work against any deployment; only the local stack knows how services are run."""
+    offenders = {m: sorted(t for t in deps if t.startswith("flywheel.stack"))
+                 for m, deps in graph().items() if m.startswith("flywheel.clients")}  # fmt: skip
+    assert not {m: d for m, d in offenders.items() if d}
+
+
 def test_first_party_imports_have_no_cycle():
     g = {m: deps for m, deps in graph().items() if not m.startswith("tests")}
     cycles, state = [], {}
