@@ -24,6 +24,8 @@ def configure_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    # Other libraries' INFO lines stay out even when one of them lowers the root logger's level.
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.partition(".")[0] in FIRST_PARTY)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in FIRST_PARTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -77,3 +77,18 @@ def test_a_missing_service_or_model_is_one_line_naming_the_fix(args, env, fragme
     text = " ".join(result.output.split())
     assert result.exit_code == 1, text
     assert fragment in text and "Traceback" not in result.output, text
+
+
+def test_the_cli_shows_flywheels_info_logs_and_only_warnings_of_other_libraries(capsys):
+    import logging
+
+    from flywheel.cli._common import configure_logging
+
+    configure_logging()
+    logging.getLogger().setLevel(logging.INFO)  # as some libraries do when imported
+    logging.getLogger("feast.infra.registry.registry").info("registry cache refreshed")
+    logging.getLogger("feast.infra").warning("a third-party warning")
+    logging.getLogger("training.pipeline").info("registered v0001")
+    out = capsys.readouterr().out
+    assert "registered v0001" in out and "a third-party warning" in out
+    assert "registry cache refreshed" not in out
