@@ -31,8 +31,7 @@ def _session(cfg: Settings) -> tuple[str, requests.Session]:
     return cfg.airflow.url, s
 
 
-def wait_parsed(cfg: Settings, dag_id: str, timeout_s: float = 180) -> None:
-    url, s = _session(cfg)
+def _wait_parsed(url: str, s: requests.Session, dag_id: str, timeout_s: float = 180) -> None:
     try:
         wait_until(
             lambda: s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).ok, timeout_s, f"DAG {dag_id}", interval_s=2
@@ -53,8 +52,8 @@ def trigger_and_wait(
 ) -> dict:
     """Run `dag_id` for the data interval [start, end) and wait for it; returns its task states. The run is
     named `<by>__<start>_<end>` and noted as triggered by `by`; an earlier run of it is deleted first."""
-    wait_parsed(cfg, dag_id)
-    url, s = _session(cfg)
+    url, s = _session(cfg)  # one token for the whole run
+    _wait_parsed(url, s, dag_id)
     run_id = f"{by}__{start:%Y%m%dT%H%M}_{end:%Y%m%dT%H%M}"
     if s.get(f"{url}/api/v2/dags/{dag_id}", timeout=10).json()["is_paused"]:
         # The scheduler then also runs the latest interval (catchup=False); an interval without events
