@@ -32,6 +32,7 @@ SHAPE: dict[str, Any] = {
 }
 SMALL = 50_000  # the calibration topic: same traffic, fewer events
 EASY_RATE = 2_000  # events/s of the second freshness run
+SINK_VALUES = 1_000_000  # values the sink alone writes (the calibration run: a tenth)
 
 
 def _topic_size(cfg: Settings, topic: str) -> int:
@@ -192,98 +193,117 @@ def freshness(
     cfg: Settings,
     log=print,
     rate: int = 10_000,
+    on_the_hour: bool = False,
     lead_s: int = 60,
     tail_s: int = 120,
-    sample: int = 500,
+    sample: int = 200,
     poll_s: float = 0.1,
 ) -> dict:
-    """Event time = wall clock at a steady `rate`. For `sample` users and items with events in the 5
-    minutes before a slide boundary W, the time from W + watermark delay (the earliest moment its 1-hour window
-    value can be final) until the Feast SDK returns a value stamped W from Redis.
+    """A live job at a steady `rate`: for up to `sample` keys of every view that fires at a slide boundary
+    W (keys with events in the `lead_s` before W), the time from W + watermark delay (the earliest
+    moment the value can be final) until the Feast SDK returns a value stamped W or later from Redis.
 
-    The poller must not take the CPU the job needs at W (a Feast read of all 1,000 keys every 0.25 s took
-    most of a core just then). So each round asks Redis, in one pipeline, for the stored timestamp of the
-    keys not seen yet (`_StampProbe`), and reads with the Feast SDK only the keys whose value is stamped W
-    or later; a value counts as seen when that Feast read returns it."""
+    W is the next 5-minute boundary, or with `on_the_hour` an hour boundary, where the 24-hour and 7-day
+    views fire as well. So as not to wait for the next hour, event time then runs a constant offset behind
+    the wall clock (the run's live threshold, features.online_live_lag_s, is raised by as much): the job
+    sees a live stream that is that much late, which changes nothing else.
+
+    The poller must not take the CPU the job needs at W. So each round asks Redis, in one pipeline, for
+    the stored timestamp of the keys not seen yet (`_StampProbe`), and reads with the Feast SDK only the
+    keys whose value is stamped W or later; a value counts as seen when that Feast read returns it."""
     import math
     from datetime import UTC, datetime
 
     import numpy as np
 
+    from feature_repo.spec import GROUPS
     from flink_jobs import features
     from flywheel.clients import feast_store
     from flywheel.clients.kafka import ensure_topics
     from flywheel.events.simulator import SimConfig, simulate
 
-    slide = WINDOWS_MS["1h"] // 1000
     delay = cfg.features.watermark_delay_s
     span = lead_s + tail_s
-    boundary = math.ceil((time.time() + 120) / slide) * slide  # after generating data and starting the job
-    log(f"freshness: {rate:,} events/s from W-{lead_s}s to W+{tail_s}s, W = {datetime.fromtimestamp(boundary, UTC)}")
+    wall_w = math.ceil((time.time() + 120) / 300) * 300  # after generating data and starting the job
+    event_w = wall_w // 3600 * 3600 if on_the_hour else wall_w
+    shift = wall_w - event_w  # event time runs this far behind the wall clock
+    if shift:
+        live_lag = cfg.features.online_live_lag_s + shift
+        cfg = cfg.model_copy(update={"features": cfg.features.model_copy(update={"online_live_lag_s": live_lag})})
+    firing = [g for g in GROUPS if event_w % int(g.window.slide.total_seconds()) == 0]
+    log(
+        f"freshness: {rate:,} events/s, W = {datetime.fromtimestamp(event_w, UTC)} in event time "
+        f"({shift} s behind the wall clock), views firing: {', '.join(g.name for g in firing)}"
+    )
     sim = simulate(
         SimConfig(
             events=rate * span,
             users=SHAPE["users"],
             items=SHAPE["items"],
             categories=SHAPE["categories"],
-            start=datetime.fromtimestamp(boundary - lead_s, UTC),
+            start=datetime.fromtimestamp(event_w - lead_s, UTC),
             days=span / 86400,
             seed=SHAPE["seed"] + 1,
         )
     )
-    # A sample of the keys with impressions in the pane before W: one Feast read of every key would
-    # take longer than the latencies it measures.
-    users, items = _pane_keys(sim.values, (boundary - slide) * 1000, boundary * 1000)
     rng = np.random.default_rng(0)
-    users, items = (sorted(rng.permutation(keys)[:sample].tolist()) for keys in (users, items))
+    keys = {
+        g.name: [tuple(k) for k in rng.permutation(np.array(ks, dtype=object))[:sample].tolist()]
+        for g, ks in _firing_keys(sim.values, firing, (event_w - lead_s) * 1000, event_w * 1000).items()
+    }
     topic = f"flywheel.bench.live-{uuid.uuid4().hex[:8]}"
     opt = _job_options(cfg, topic, bounded=False)
     ensure_topics(cfg.kafka, [topic, opt.dlq_topic, opt.late_topic])
     store = feast_store.store(cfg)
     probe = _StampProbe(store)
     job = features.run(cfg, opt, wait=False)
-    seen: dict[tuple[str, str], float] = {}
+    seen: dict[tuple[str, tuple], float] = {}
     stop = threading.Event()
-    sent = _Sender(cfg, topic, sim, stop)
+    sent = _Sender(cfg, topic, sim, stop, shift_ms=shift * 1000)
+    total = sum(len(ks) for ks in keys.values())
+    by = {g.name: g for g in firing}
     try:
         sent.start()
-        # The poller paces itself (poll_s between rounds) and reads cheaply (see the docstring): the job,
-        # Kafka, Redis and this process share two cores.
-        while time.time() < boundary + delay:
+        while time.time() < wall_w + delay:
             time.sleep(0.05)
-        deadline = boundary + tail_s + 60  # whatever is still missing then stays missing
-        while len(seen) < len(users) + len(items) and time.time() < deadline:
+        deadline = wall_w + tail_s + 60  # whatever is still missing then stays missing
+        while len(seen) < total and time.time() < deadline:
             t_round = time.time()
-            for view, key, keys in (("user_stats_1h", "user_id", users), ("item_stats_1h", "item_id", items)):
-                pending = probe.stamped_since(view, key, [k for k in keys if (view, k) not in seen], boundary)
+            for view, ks in keys.items():
+                g = by[view]
+                pending = probe.stamped_since(view, g.entities, [k for k in ks if (view, k) not in seen], event_w)
                 if not pending:
                     continue
-                feature = f"{key.split('_')[0]}_impressions_1h"
+                feature = g.feature_names[0]
                 resp = store.get_online_features(
-                    features=[f"{view}:{feature}"], entity_rows=[{key: k} for k in pending]
+                    features=[f"{view}:{feature}"], entity_rows=[dict(zip(g.entities, k, strict=True)) for k in pending]
                 ).to_dict(include_event_timestamps=True)
-                stamps = resp[f"{feature}__ts"]  # the entity column has a `__ts` too (always 0)
                 t_seen = time.time()
-                for k, ts in zip(pending, stamps, strict=True):
-                    if ts >= boundary:
-                        seen[(view, k)] = t_seen - (boundary + delay)
+                for k, ts in zip(pending, resp[f"{feature}__ts"], strict=True):
+                    if ts >= event_w:
+                        seen[(view, k)] = t_seen - (wall_w + delay)
             time.sleep(max(0.0, poll_s - (time.time() - t_round)))
         stop.set()
         sent.join()
-        log(f"  sent {sent.count:,} events; {len(seen):,}/{len(users) + len(items):,} values seen")
+        log(f"  sent {sent.count:,} events; {len(seen):,}/{total:,} values seen")
     finally:
         stop.set()
         job.cancel().result()
         _clean_up(cfg, opt, topic, log=log)
     lat = np.array(sorted(seen.values()))
+    per_view = {
+        v: round(float(np.percentile([t for (w, _), t in seen.items() if w == v], 99)), 2)
+        for v in keys
+        if any(w == v for w, _ in seen)
+    }
     return {
         "freshness_p50_s": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
         "freshness_p99_s": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "freshness_p99_s_by_view": per_view,
         "freshness_values": len(lat),
-        "freshness_missed": len(users) + len(items) - len(lat),
+        "freshness_missed": total - len(lat),
         "freshness_rate_events_per_s": rate,
-        # On the hour the 24-hour and 7-day views fire too (about 60k more values at this shape): slower.
-        "freshness_w_on_the_hour": boundary % 3600 == 0,
+        "freshness_w_on_the_hour": event_w % 3600 == 0,
     }
 
 
@@ -301,32 +321,30 @@ class _StampProbe:
         self._timestamp = Timestamp
 
         @functools.cache  # the same keys every round
-        def redis_key(key: str, value: str) -> bytes:
-            entity = EntityKey(join_keys=[key], entity_values=[Value(string_val=value)])
+        def redis_key(names: tuple[str, ...], values: tuple[str, ...]) -> bytes:
+            entity = EntityKey(join_keys=list(names), entity_values=[Value(string_val=v) for v in values])
             return feast_private.redis_key(store, entity)
 
         self._key = redis_key
 
-    def stamped_since(self, view: str, key: str, values: list[str], since_s: int) -> list[str]:
+    def stamped_since(self, view: str, names: tuple[str, ...], keys: list[tuple], since_s: int) -> list[tuple]:
         with self.client.pipeline(transaction=False) as pipe:
-            for v in values:
-                pipe.hget(self._key(key, v), f"_ts:{view}")
+            for k in keys:
+                pipe.hget(self._key(names, k), f"_ts:{view}")
             stamps = pipe.execute()
         return [
-            v
-            for v, raw in zip(values, stamps, strict=True)
-            if raw and self._timestamp.FromString(raw).seconds >= since_s
+            k for k, raw in zip(keys, stamps, strict=True) if raw and self._timestamp.FromString(raw).seconds >= since_s
         ]
 
 
 class _Sender(threading.Thread):
     """Sends each record when the wall clock reaches its arrival time (the simulator's; with no faults
-    configured, its event time), so event time follows the wall clock. A thread of its own: sending
-    must not wait for the poller's reads, or the watermark stalls while it reads."""
+    configured, its event time) plus `shift_ms`, so event time follows the wall clock. A thread of its
+    own: sending must not wait for the poller's reads, or the watermark stalls while it reads."""
 
-    def __init__(self, cfg: Settings, topic: str, sim, stop: threading.Event):
+    def __init__(self, cfg: Settings, topic: str, sim, stop: threading.Event, shift_ms: int = 0):
         super().__init__(daemon=True)
-        self.cfg, self.topic, self.sim, self.stop = cfg, topic, sim, stop
+        self.cfg, self.topic, self.sim, self.stop, self.shift_ms = cfg, topic, sim, stop, shift_ms
         self.count = 0
 
     def run(self) -> None:
@@ -335,27 +353,58 @@ class _Sender(threading.Thread):
         arrival, n = self.sim.arrival_ms, len(self.sim.values)
         with EventProducer(self.cfg.kafka, self.topic, validate_events=False) as producer:
             while self.count < n and not self.stop.is_set():
-                now_ms = time.time() * 1000
+                now_ms = time.time() * 1000 - self.shift_ms
                 while self.count < n and arrival[self.count] <= now_ms:
                     producer.send_raw(self.sim.values[self.count], self.sim.keys[self.count])
                     self.count += 1
                 time.sleep(0.01)
 
 
-def _pane_keys(values: list[bytes], lo_ms: int, hi_ms: int) -> tuple[list[str], list[str]]:
-    """Users and items with an impression whose event time is in [lo_ms, hi_ms)."""
+def _firing_keys(values: list[bytes], groups, lo_ms: int, hi_ms: int) -> dict:
+    """For each group, the entity keys (tuples) with an event of the group's in [lo_ms, hi_ms): their
+    values change at hi_ms."""
     import orjson
 
-    users, items = set(), set()
+    out: dict = {g: set() for g in groups}
     for v in values:
         try:
             e = orjson.loads(v)
-            if e["event_type"] == "impression" and lo_ms <= e["event_time"] < hi_ms:
-                users.add(e["user_id"])
-                items.add(e["item_id"])
+            if not lo_ms <= e["event_time"] < hi_ms:
+                continue
+            for g in groups:
+                if g.where == "is_click = 1" and e["event_type"] != "click":
+                    continue
+                if any(not e.get(k) for k in g.entities):
+                    continue
+                out[g].add(tuple(e[k] for k in g.entities))
         except (orjson.JSONDecodeError, TypeError, KeyError):
             continue  # the simulator's malformed records
-    return sorted(users), sorted(items)
+    return {g: sorted(ks) for g, ks in out.items()}
+
+
+def online_sink_seconds(cfg: Settings, values: int, log=print) -> float:
+    """Wall time of a bounded job that writes `values` values, each of another key, of user_stats_1h into
+    Redis through FeastRedisSink (the sink alone: a generated source, no aggregation)."""
+    from benchmarks.results import timed
+    from flink_jobs import online_sink
+
+    source = (
+        "CREATE TEMPORARY TABLE seq (n BIGINT) WITH ('connector' = 'datagen', 'fields.n.kind' = 'sequence', "
+        f"'fields.n.start' = '1', 'fields.n.end' = '{values}')"
+    )
+    query = (
+        "SELECT CONCAT('bench-sink-', CAST(n AS STRING)) AS user_id, n AS user_impressions_1h, n % 7 AS "
+        "user_clicks_1h, n % 3 AS user_purchases_1h, CAST(n % 7 AS DOUBLE) / n AS user_ctr_1h, "
+        "CAST(NULL AS DOUBLE) AS user_debiased_ctr_1h, "
+        "CAST(TIMESTAMPADD(MINUTE, CAST(n % 1000 AS INT), TIMESTAMP '2026-01-05 00:00:00.001') AS TIMESTAMP(3)) "
+        "AS event_timestamp FROM seq"
+    )
+    seconds, _ = timed(
+        f"FeastRedisSink, {values:,} values",
+        lambda: online_sink.write_query(cfg, "user_stats_1h", query, (source,), parallelism=cfg.flink.parallelism),
+        log,
+    )
+    return seconds
 
 
 def run(cfg: Settings, log=print) -> dict:
@@ -364,7 +413,7 @@ def run(cfg: Settings, log=print) -> dict:
     from benchmarks.spark_processor import processor_seconds
     from flywheel.clients import feast_store
 
-    log(f"  {feast_store.apply(cfg)}")  # the job's online writer needs the views in the registry
+    log(f"  {feast_store.apply(cfg)}")  # the job's Redis sink is configured from the registry
     figures: dict = {"features_bench_shape": ", ".join(f"{k}={v}" for k, v in SHAPE.items()) + f", calibration={SMALL}"}
 
     def keep(**new) -> None:
@@ -395,7 +444,14 @@ def run(cfg: Settings, log=print) -> dict:
     # advances at wall-clock speed, so each key emits once per slide instead of once per event. And at a
     # rate well inside what the job sustains, which shows the pipeline's own latency, not a backlog's.
     keep(**freshness(cfg, log))
+    keep(**{f"{k}_on_the_hour": v for k, v in freshness(cfg, log, on_the_hour=True).items()})
     keep(**{f"{k}_at_{EASY_RATE}": v for k, v in freshness(cfg, log, rate=EASY_RATE).items()})
+    # The sink alone, sustained (the same calibration as the jobs): fresh keys, so every value is written.
+    client = feast_private.redis_client(feast_store.store(cfg))
+    big_s, small_s = online_sink_seconds(cfg, SINK_VALUES, log), online_sink_seconds(cfg, SINK_VALUES // 10, log)
+    keep(online_sink_values_per_s=round((SINK_VALUES - SINK_VALUES // 10) / max(big_s - small_s, 1e-9)))
+    for batch in _batched(client.scan_iter(match=b"*bench-sink-*", count=10_000), 10_000):
+        client.delete(*batch)
     # Stretch: Feast's own stream ingestion (its Spark-Kafka processor), two of our eight views.
     big_s, small_s = processor_seconds(cfg, big, n, log), processor_seconds(cfg, small, SMALL, log)
     keep(
@@ -431,3 +487,14 @@ def _chart(cfg: Settings, f: dict) -> None:
     fig.tight_layout()
     fig.savefig(cfg.var_dir / "bench" / "features.png", dpi=110)
     plt.close(fig)
+
+
+def _batched(items, n: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

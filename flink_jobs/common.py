@@ -33,8 +33,9 @@ FUNCTIONS = {"JSON_FIELDS": "io.flywheel.flink.JsonFields", "JSON_TEXT": "io.fly
 
 
 def connector_jars(cfg: Settings) -> list[Path]:
-    """The Kafka SQL connector, flink-sql-parquet and the shaded Hadoop client it needs, fetched by
-    `make setup` (versions: infra/jvm/pom.xml), and Flywheel's own functions (flink_jobs/jvm)."""
+    """The Kafka SQL connector, flink-sql-parquet and the shaded Hadoop client it needs, the Redis client
+    (Jedis and its dependencies), fetched by `make setup` (versions: infra/jvm/pom.xml), and Flywheel's
+    own Java code (flink_jobs/jvm)."""
     folder = cfg.build_dir / "jvm" / "flink"
     jars = []
     for prefix in (
@@ -42,6 +43,11 @@ def connector_jars(cfg: Settings) -> list[Path]:
         "flink-sql-parquet-",
         "hadoop-client-api-",
         "hadoop-client-runtime-",
+        "jedis-",
+        "commons-pool2-",
+        "gson-",
+        "json-",
+        "redis-authx-core-",
         "flywheel-functions",
     ):
         found = sorted(folder.glob(f"{prefix}*.jar"))

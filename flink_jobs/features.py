@@ -4,12 +4,11 @@
        (watermark at source)    └─► valid ─► behind the watermark? ─────► late-events topic
                                                └─► on time ─► dedup(event_id) ─► one windowed aggregation
                                                    per feature group (spec.py) ─► Parquet (committed on
-                                                   checkpoint) and ─► OnlineBatches (JVM: each key's latest
-                                                   value) ─► OnlineWriter ─► Feast ─► Redis
+                                                   checkpoint) and ─► FeastRedisSink (Feast's Redis layout)
 
-Everything but the online write runs in the JVM (Flink SQL, and flink_jobs/jvm). Checkpoints are
-EXACTLY_ONCE; Kafka offsets are restored from them; the file sink and the transactional Kafka sinks
-commit on checkpoint.
+Every operator runs in the JVM (Flink SQL, and flink_jobs/jvm): Python only declares the job. Checkpoints
+are EXACTLY_ONCE; Kafka offsets are restored from them; the file sink and the transactional Kafka sinks
+commit on checkpoint; the Redis sink writes newer-only upserts and flushes before each checkpoint.
 
 Entry function: `run(cfg, ...)`, embedded (a local mini-cluster, used by `make demo` and tests) or on
 the cluster (`flywheel flink submit`).
@@ -17,17 +16,15 @@ the cluster (`flywheel flink submit`).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
+from flink_jobs import online_sink
 from flink_jobs.common import FUNCTIONS, connector_jars, embedded_logs_to_file, with_clause
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
-from flywheel.clients.feast_store import FEATURE_REPO, feast_env
 from flywheel.compat import pyflink as flink_private
-from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 
 JOB_NAME = "flywheel-features"  # what the ops DAG looks for on the cluster
@@ -355,8 +352,8 @@ def _sliding_sums(t_env, g: FeatureGroup, panes: str) -> None:
         .process(jvm.io.flywheel.flink.SlidingSums(len(keys), len(cols), size_ms), out)
         .name(f"sliding-sums-{g.name}")
     )
-    # Declared, or the conversion back to a table drops the watermark, and the online writer's
-    # OnlineBatches behind this view would never see one (no live hand-overs).
+    # Declared, or the conversion back to a table drops the watermark, and the Redis sink behind this
+    # view would never see one (no live writes).
     schema = (
         Schema.new_builder()
         .column_by_metadata("move_time", DataTypes.TIMESTAMP_LTZ(3), "rowtime")
@@ -416,7 +413,6 @@ def environment(cfg: Settings, opt: JobOptions):
     embedded_logs_to_file(cfg)
     conf = Configuration()
     conf.set_string("pipeline.jars", ";".join(p.as_uri() for p in connector_jars(cfg)))
-    conf.set_string("python.executable", sys.executable)
     # Embedded runs: ~20 window operators share each slot's managed memory; the default is too thin.
     conf.set_string("taskmanager.memory.managed.size", "768m")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
@@ -447,36 +443,22 @@ def environment(cfg: Settings, opt: JobOptions):
     # committed its final files (the suspected cause of duplicate Parquet rows in a 200k-event run).
     tc.set("execution.checkpointing.timeout", "30 min")
     tc.set("execution.checkpointing.tolerable-failed-checkpoints", "10")
-    tc.set("python.fn-execution.bundle.time", "100")
     # One-phase window aggregation: the local pre-aggregation's buffers are flushed at every slide the
     # watermark crosses, which a replay does thousands of times.
     tc.set("table.optimizer.agg-phase-strategy", "ONE_PHASE")
     # Chained operators hand records on without a defensive copy (the SQL operators do not keep
-    # references to their input; the online writer serializes what it buffers).
+    # references to their input; the Redis sink copies what it holds).
     tc.set("pipeline.object-reuse", "true")
     return env, t_env
-
-
-def check_feast_registry(cfg: Settings) -> None:
-    """Every view the job writes online is in the Feast registry: checked before the job starts, because in
-    the online writer's open() the failure would only restart the job."""
-    from flywheel.clients import feast_store
-
-    known = {fv.name for fv in feast_store.store(cfg).list_feature_views()}
-    missing = sorted({g.name for g in GROUPS} - known)
-    if missing:
-        raise FlywheelError(
-            f"feature views {missing} are not in the Feast registry ({feast_store.FEATURE_REPO}): "
-            "run `flywheel features apply` first"
-        )
 
 
 def build(cfg: Settings, opt: JobOptions):
     """Create the environment and declare the whole job. Returns (stream env, statement set)."""
     from flywheel.clients.kafka import ensure_topics
 
-    if opt.online:
-        check_feast_registry(cfg)
+    # Before anything starts: a view missing from Feast's registry (or with other columns) must stop the
+    # build with the fix, not fail the running job over and over.
+    sinks = online_sink.check_registry(cfg) if opt.online else {}
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
     create_source(t_env, cfg, opt)
@@ -533,7 +515,7 @@ def build(cfg: Settings, opt: JobOptions):
             _sliding_sums(t_env, g, panes[g.name])
         *steps, last = group_views(g)
         register(steps)
-        values[g.name] = _stream_view(t_env, last.name, last.query)  # g_<group>: read by Parquet and the online writer
+        values[g.name] = _stream_view(t_env, last.name, last.query)  # g_<group>: read by Parquet and Redis
         t_env.execute_sql(_offline_sink(g, opt))
         stmts.add_insert_sql(
             f"INSERT INTO offline_{g.name} SELECT *, DATE_FORMAT(event_timestamp, 'yyyy-MM-dd'), "
@@ -541,48 +523,13 @@ def build(cfg: Settings, opt: JobOptions):
         )
 
     if opt.online:
-        _online_writer(cfg, t_env, stmts, values)
+        online_sink.attach(values, sinks)
     return env, stmts
-
-
-def _online_writer(cfg: Settings, t_env, stmts, values: dict) -> None:
-    """Each view's values, reduced in the JVM to batches of each key's latest value (flink_jobs/jvm
-    OnlineBatches, chained to the view's aggregation), into one Python writer."""
-    from flink_jobs.online_writer import AUDIT_ROW, BATCH_ROW, OnlineWriter
-
-    jvm = flink_private.jvm()
-    timestamp_features = {g.name: [f.name for f in g.features if f.dtype == "timestamp"] for g in GROUPS}
-    batches = []
-    for g in GROUPS:
-        j = flink_private.java_stream(values[g.name])
-        reduce = jvm.io.flywheel.flink.OnlineBatches(
-            g.name,
-            ",".join(g.entities),
-            ",".join(g.feature_names),
-            ",".join(timestamp_features[g.name]),
-            j.getType(),
-            cfg.features.online_batch_size,
-            cfg.features.online_live_lag_s * 1000,
-            cfg.features.online_catchup_flush_s * 1000,
-        )
-        name = f"latest-online-values-{g.name}"
-        batches.append(flink_private.transform(values[g.name], name, BATCH_ROW.get_java_type_info(), reduce))
-    writer = OnlineWriter(feast_env(cfg), str(FEATURE_REPO), timestamp_features)
-    audit = batches[0].union(*batches[1:]).map(writer, output_type=AUDIT_ROW).name("feast-online-writer")
-    t_env.create_temporary_view("online_audit", t_env.from_data_stream(audit))
-    t_env.execute_sql(
-        "CREATE TABLE online_sink (feature_view STRING, rows_written BIGINT, max_window_end_ms BIGINT, "
-        "written_at_ms BIGINT) WITH ('connector' = 'blackhole')"
-    )
-    stmts.add_insert_sql("INSERT INTO online_sink SELECT * FROM online_audit")
 
 
 def run(cfg: Settings, opt: JobOptions | None = None, wait: bool = True):
     """Entry function. Embedded unless the environment was created for a remote cluster."""
     opt = opt or options(cfg)
-    # Embedded, PyFlink runs Python operators in this process ("loopback"), so both online-writer
-    # subtasks share one GIL; worker processes of their own let them use both cores.
-    flink_private.python_workers_in_processes()
     env, stmts = build(cfg, opt)
     stmts.attach_as_datastream()
     if wait:

@@ -138,9 +138,11 @@ class FeatureJobSettings(_Model):
     idle_timeout_s: int
     checkpoint_interval_ms: int
     state_backend: Literal["rocksdb", "hashmap"]
-    online_batch_size: int
-    online_live_lag_s: int
-    online_catchup_flush_s: int
+    online_batch_size: int = Field(ge=1)  # values per pipelined round trip to Redis
+    online_max_pending: int = Field(ge=1)  # keys held before they are written regardless of time
+    online_live_lag_s: int  # watermark this close to the wall clock: values are written at every watermark
+    online_flush_interval_ms: int = Field(ge=1)  # otherwise (catching up) a value waits at most this long
+    online_retry_timeout_s: int = Field(ge=1)  # Redis unreachable this long: the job fails and restarts
     restart_attempts: int = Field(10, ge=1)  # restarts in a row (without a stable hour between) before failing
     checkpoint_dir: str | None = None  # a path or a URI (s3://...); None: <var_dir>/flink/checkpoints
     savepoint_dir: str | None = None  # likewise; None: <var_dir>/flink/savepoints

@@ -49,17 +49,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 6. Flywheel's own Flink functions (flink_jobs/jvm), compiled against the Flink the wheel ships;
-#    rebuilt when a source changes or the jars were re-fetched.
+# 6. Flywheel's own Flink code (flink_jobs/jvm: SQL functions, operators, the Feast Redis sink), compiled
+#    against the Flink the wheel ships and the Redis client; rebuilt when a source changes or the jars were
+#    re-fetched.
 jar=build/jvm/flink/flywheel-functions.jar
-want=$(cat flink_jobs/jvm/io/flywheel/flink/*.java | sha256sum | cut -d' ' -f1)
+want=$(cat flink_jobs/jvm/io/flywheel/flink/*.java flink_jobs/jvm/io/flywheel/flink/*.lua "$stamp" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$jar" ] || [ "$(cat build/jvm/.functions.sha256 2>/dev/null)" != "$want" ]; then
   say "compiling flink_jobs/jvm"
   command -v javac >/dev/null || die "javac (a JDK 17) is required to build flink_jobs/jvm (apt-get install openjdk-17-jdk-headless)."
   flink_lib=$(.venv/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
-  rm -rf build/jvm/functions && mkdir -p build/jvm/functions
-  javac -nowarn -source 17 -target 17 -cp "$flink_lib/*" -d build/jvm/functions flink_jobs/jvm/io/flywheel/flink/*.java
-  jar cf "$jar" -C build/jvm/functions .
+  rm -rf build/jvm/functions && mkdir -p build/jvm/functions/io/flywheel/flink
+  javac -nowarn -source 17 -target 17 -cp "$flink_lib/*:build/jvm/flink/*" -d build/jvm/functions flink_jobs/jvm/io/flywheel/flink/*.java
+  cp flink_jobs/jvm/io/flywheel/flink/*.lua build/jvm/functions/io/flywheel/flink/
+  rm -f "$jar" && jar cf "$jar" -C build/jvm/functions .
   echo "$want" > build/jvm/.functions.sha256
 fi
 

@@ -48,8 +48,10 @@ def _flink_home() -> Path:
     return Path(pyflink.__file__).parent
 
 
-def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> str:
-    """Submit flink_jobs/features.py detached; returns the job id."""
+def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None, pyexec: str | None = None) -> str:
+    """Submit flink_jobs/features.py detached; returns the job id. Python runs only here, in the client
+    that declares the job: every operator is Java, so the cluster needs the jars (shipped with the job),
+    not Flywheel's Python. `pyexec`: the interpreter a TaskManager would start for Python operators."""
     env = {**os.environ, "FLYWHEEL_VAR_DIR": str(cfg.var_dir), "PYTHONPATH": str(REPO_ROOT)}
     if is_loopback(cfg.flink.host) and cfg.local_flink_conf_dir.exists():
         env["FLINK_CONF_DIR"] = str(cfg.local_flink_conf_dir)
@@ -62,9 +64,9 @@ def submit(cfg: Settings, job_args: list[str], savepoint: str | None = None) -> 
         f"{cfg.flink.host}:{cfg.flink.rest_port}",
         "-pyclientexec",
         sys.executable,
-        "-pyexec",
-        sys.executable,
     ]
+    if pyexec:
+        cmd += ["-pyexec", pyexec]
     if savepoint:
         cmd += ["--fromSavepoint", savepoint]
     cmd += ["--python", str(REPO_ROOT / "flink_jobs" / "features.py"), *job_args]

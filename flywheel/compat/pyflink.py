@@ -3,7 +3,6 @@ apache-flink 2.3.0."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from flywheel.compat import require
@@ -44,10 +43,3 @@ def transform(stream: DataStream, name: str, type_info: Any, operator: Any) -> D
     """`stream` through a Java one-input operator (PyFlink exposes no `transform`)."""
     java = java_stream(stream)
     return python_stream(java.transform(name, type_info, operator))
-
-
-def python_workers_in_processes() -> None:
-    """Run Python operators of an embedded job in worker processes of their own, not in this process
-    ("loopback"), so that they do not share one GIL. Only an environment variable selects it."""
-    _checked()
-    os.environ.setdefault("_python_worker_execution_mode", "process")

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from collections import Counter
+from datetime import datetime
 
 import duckdb
 import numpy as np
@@ -83,13 +84,48 @@ def same(a, b) -> bool:
 
 def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None:
     """Every stored value, as of every window end (40 sampled keys), equals the reference; no duplicate rows."""
+    stored = offline_rows(opt, group)
+    assert not stored.duplicated(subset=[*group.entities, "event_timestamp"]).any(), "duplicate rows"
+    _assert_rows_match_reference(_group_events(cfg, opt, sim, group), stored, group)
+
+
+def assert_online_matches_reference(cfg, opt, sim, group: FeatureGroup, until_ms: int | None = None) -> None:
+    """What the Feast SDK reads from Redis for 40 sampled keys is the reference as of the value's timestamp
+    and of every window end after it up to `until_ms` (the watermark: later windows have not fired): each
+    key's latest value, and no window fired since is missing."""
+    events = _group_events(cfg, opt, sim, group)
+    keys = sorted(events.groupby(list(group.entities)).groups)
+    random.Random(0).shuffle(keys)
+    rows = [dict(zip(group.entities, k if isinstance(k, tuple) else (k,), strict=True)) for k in keys[:40]]
+    names = group.feature_names
+    got = (
+        feast_store.store(cfg)
+        .get_online_features(features=[f"{group.name}:{f}" for f in names], entity_rows=rows)
+        .to_dict(include_event_timestamps=True)
+    )
+    online = pd.DataFrame({**{k: got[k] for k in group.entities}, **{f: got[f] for f in names}})
+    online["event_timestamp"] = pd.to_datetime(got[f"{names[0]}__ts"], unit="s")  # Feast's __ts: whole seconds
+    online = online[online.event_timestamp > pd.Timestamp(0)]
+    assert len(online) == len(rows), f"{group.name}: {len(rows) - len(online)} of {len(rows)} keys have no value"
+    if group.emits_changes:  # a sliding value is stamped just after its window end (+1 ms), which __ts drops
+        online["event_timestamp"] += pd.Timedelta(milliseconds=1)
+    _assert_rows_match_reference(events, online, group, latest_only=True, until_ms=until_ms)
+
+
+def _group_events(cfg, opt, sim, group: FeatureGroup) -> pd.DataFrame:
     events = clean_events(cfg, opt, sim)
     if group.where == "item_category IS NOT NULL":
         events = events[events.item_category.notna()]
     if group.where == "is_click = 1":
         events = events[events.clk == 1]
-    stored = offline_rows(opt, group)
-    assert not stored.duplicated(subset=[*group.entities, "event_timestamp"]).any(), "duplicate rows"
+    return events
+
+
+def _assert_rows_match_reference(
+    events, stored, group: FeatureGroup, latest_only: bool = False, until_ms: int | None = None
+) -> None:
+    """`latest_only`: `stored` holds each key's latest value only; windows that end before it are skipped,
+    and timestamps are compared in whole seconds (as Feast keeps them online)."""
     size_ms = int(group.window.size.total_seconds() * 1000)
     slide_ms = int(group.window.slide.total_seconds() * 1000)
     keys = sorted(events.groupby(list(group.entities)).groups)
@@ -107,12 +143,16 @@ def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None
             if not group.emits_changes:  # latest-value groups: the last value before `end`
                 in_window = mine[mine.event_time < end]
             i = np.searchsorted(row_ms, end, side="right") - 1
+            if (latest_only and i < 0) or (until_ms is not None and end > until_ms):
+                continue
             for f in group.feature_names:
                 want = reference(in_window, f)
                 got = rows.iloc[i][f] if i >= 0 else None
                 if i < 0 and want in (0, None):
                     continue
                 got = None if got is pd.NaT else got
+                if latest_only and isinstance(want, (int, np.integer)) and isinstance(got, (pd.Timestamp, datetime)):
+                    want, got = want // 1000, int(pd.Timestamp(got).timestamp())
                 assert same(want, got), f"{group.name}{key} at {pd.Timestamp(end, unit='ms')}: {f}={got}, want {want}"
                 checked += 1
     assert checked > 0
@@ -123,8 +163,7 @@ def _utc(ts: pd.Timestamp) -> pd.Timestamp:
 
 
 def await_online_matches_offline(cfg, opt, timeout_s: float = 120) -> None:
-    """For a running job: Redis converges to the offline rows. While catching up, the job hands values to
-    the writer only every `features.online_catchup_flush_s` (OnlineBatches)."""
+    """For a running job: Redis converges to the offline rows (committed at the next checkpoint)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -19,6 +19,7 @@ from flywheel.clients.flink import (
     cancel,
     checkpoints,
     completed_checkpoints,
+    job,
     list_jobs,
     stop_with_savepoint,
     submit,
@@ -32,6 +33,7 @@ from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.stack.services import Flink, Redis
 from tests.integration.feature_checks import (
     assert_offline_matches_reference,
+    assert_online_matches_offline,
     await_online_matches_offline,
     markers,
 )
@@ -77,17 +79,25 @@ def _args(opt) -> list[str]:
     ]
 
 
-def test_submitted_job_runs_on_the_cluster_and_reconciles(cfg):
+def test_submitted_job_runs_on_the_cluster_without_python_and_writes_both_stores(cfg):
+    """No Python at run time: the TaskManager is told to start Python workers with an interpreter that does
+    not exist, so any Python operator would fail the job. It finishes, reconciles, has no Python vertex,
+    and the Feast SDK reads from Redis what the offline store holds."""
+    Redis(cfg).client().flushdb()
     faults = Faults(duplicate_rate=0.02, malformed_rate=0.01)
     world = SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=5, faults=faults)
     opt, sim = _prepare(cfg, world)
-    job_id = submit(cfg, _args(opt))
+    job_id = submit(cfg, _args(opt), pyexec="/nonexistent/python3")
     assert any(j["jid"] == job_id and j["name"] == opt.job_name for j in list_jobs(cfg))
     assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
+    vertices = [v["name"] for v in job(cfg, job_id)["vertices"]]
+    assert not [v for v in vertices if "python" in v.lower()], vertices
+    assert any("feast-redis-user_category_stats_7d" in v for v in vertices), vertices
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
     assert r.events_in == 3_000 and r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert features.committed_parquet(opt.offline_dir, "user_stats_24h")
+    assert_online_matches_offline(cfg, opt)
 
 
 def _second_checkpoint(cfg, job_id: str, timeout_s: float = 300) -> None:
@@ -115,8 +125,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     job_id = submit(cfg, _args(opt)[1:])  # unbounded
     _second_checkpoint(cfg, job_id)
     flink = Flink(cfg)
-    # The TaskManager with its Python workers (its process group), as when its machine dies: a worker
-    # left behind would outlive the test.
+    # The TaskManager and its process group, as when its machine dies.
     os.killpg(flink.tm_proc.pid(), signal.SIGKILL)
     # SIGKILL is delivered asynchronously: until the process is gone, `up()` still sees it running.
     deadline = time.monotonic() + 30

@@ -9,7 +9,7 @@ test_jars=build/jvm/test
 [ -d build/jvm/functions ] && [ -d "$test_jars" ] || { echo "tests/jvm: run \`make setup\` first (jars missing)" >&2; exit 1; }
 out=build/jvm/test-classes
 rm -rf "$out" && mkdir -p "$out"
-cp="$flink_lib/*:build/jvm/functions:$test_jars/*"
+cp="$flink_lib/*:build/jvm/functions:build/jvm/flink/*:$test_jars/*"
 javac -nowarn -source 17 -target 17 -cp "$cp" -d "$out" tests/jvm/io/flywheel/flink/*.java
 # The JVM expands the classpath's wildcards (JUnit's --class-path option would not).
 exec java -cp "$out:$cp" org.junit.platform.console.ConsoleLauncher execute \

@@ -19,7 +19,8 @@ def test_an_empty_feast_registry_stops_the_job_before_it_starts(tmp_path, monkey
     monkeypatch.setenv("FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")  # reached only after the check
     cfg = load_settings()
     t0 = time.monotonic()
-    with pytest.raises(FlywheelError, match=r"feature views \[.*user_stats_1h.*\] are not in the Feast registry"):
+    missing = r"feature views \[.*user_stats_1h.*\] are not in the Feast registry: run `flywheel features apply`"
+    with pytest.raises(FlywheelError, match=missing):
         features.run(cfg, features.options(cfg, bounded=True))
     assert time.monotonic() - t0 < 60
 
