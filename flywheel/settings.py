@@ -139,6 +139,7 @@ class FeatureJobSettings(_Model):
     checkpoint_interval_ms: int
     state_backend: Literal["rocksdb", "hashmap"]
     online_batch_size: int = Field(ge=1)  # values per pipelined round trip to Redis
+    online_keys_per_call: int = Field(ge=1)  # entities per newer-only script call (Redis Cluster: always 1)
     online_max_pending: int = Field(ge=1)  # keys held before they are written regardless of time
     online_live_lag_s: int  # watermark this close to the wall clock: values are written at every watermark
     online_flush_interval_ms: int = Field(ge=1)  # otherwise (catching up) a value waits at most this long

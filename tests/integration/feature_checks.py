@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 
@@ -208,3 +209,16 @@ def markers(cfg, topic: str, at_ms: int, tag: str = "marker") -> None:
                  "ingest_time": at_ms}  # fmt: skip
         p.produce(topic, value=orjson.dumps(event), key=event["user_id"].encode(), partition=part)
     assert p.flush(30) == 0
+
+
+def fresh_job(cfg, prefix: str, **overrides):
+    """Feature-job options on topics, a consumer group and an offline folder of their own (topics created)."""
+    from flink_jobs import features
+    from flywheel.clients.kafka import ensure_topics
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    given = dict(topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
+                 offline_dir=cfg.var_dir / f"offline-{name}", job_name=name)  # fmt: skip
+    opt = features.options(cfg, **{**given, **overrides})
+    ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
+    return opt

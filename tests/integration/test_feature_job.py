@@ -34,6 +34,7 @@ from tests.integration.feature_checks import (
     assert_offline_matches_reference,
     assert_online_matches_offline,
     assert_online_matches_reference,
+    fresh_job,
     markers,
     offline_rows,
     same,
@@ -213,12 +214,7 @@ def test_a_live_job_writes_each_window_to_redis_as_it_fires(cfg):
     feast_store.apply(cfg)
     hour = {"online_flush_interval_ms": 3_600_000, "checkpoint_interval_ms": 3_600_000}
     live = cfg.model_copy(update={"features": cfg.features.model_copy(update=hour)})
-    name = f"live-{uuid.uuid4().hex[:8]}"
-    opt = features.options(
-        live, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
-        offline_dir=cfg.var_dir / f"offline-{name}", job_name=name,
-    )  # fmt: skip
-    ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
+    opt = fresh_job(live, "live")
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
     sim = simulate(SimConfig(events=3_000, users=150, items=80, categories=5, days=1 / 24, start=start, seed=13))
     write_records(cfg.kafka, sim.keys, sim.values, opt.topic)

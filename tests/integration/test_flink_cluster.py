@@ -35,6 +35,7 @@ from tests.integration.feature_checks import (
     assert_offline_matches_reference,
     assert_online_matches_offline,
     await_online_matches_offline,
+    fresh_job,
     markers,
 )
 
@@ -185,25 +186,20 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
     late_values = [orjson.dumps({**orjson.loads(v), "event_id": f"late-{i}"}) for i, (_, v) in enumerate(late)]
     runs = []
     for interrupted in (False, True):
-        name = f"sp-{uuid.uuid4().hex[:8]}"
-        opt = features.options(
-            cfg, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
-            offline_dir=cfg.var_dir / f"offline-{name}", job_name=name,
-        )  # fmt: skip
-        ensure_topics(cfg.kafka, [name])
+        opt = fresh_job(cfg, "sp")
         if interrupted:
             Redis(cfg).client().flushdb()
         args = _args(opt)[1:]  # unbounded
-        write_records(cfg.kafka, sim.keys[:half], sim.values[:half], name)
+        write_records(cfg.kafka, sim.keys[:half], sim.values[:half], opt.topic)
         job_id = submit(cfg, args)
         _second_checkpoint(cfg, job_id)
         savepoint = stop_with_savepoint(cfg, job_id) if interrupted else None
-        write_records(cfg.kafka, late_keys + sim.keys[half:], late_values + sim.values[half:], name)
+        write_records(cfg.kafka, late_keys + sim.keys[half:], late_values + sim.values[half:], opt.topic)
         if interrupted:
             job_id = submit(cfg, args, savepoint=savepoint)
-        markers(cfg, name, end_ms)
+        markers(cfg, opt.topic, end_ms)
         _caught_up(cfg, opt, len(sim.values) + len(late))
-        if interrupted:  # Redis was emptied before this run: values pending at the stop came back from the savepoint
+        if interrupted:  # Redis was emptied before this run: the sink wrote what it held at the stop, then the rest
             await_online_matches_offline(cfg, opt)
         cancel(cfg, job_id)
         late_ids = {

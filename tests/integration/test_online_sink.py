@@ -5,9 +5,7 @@ value type and a two-key entity; its writes are newer-only against values Feast'
 
 from __future__ import annotations
 
-import dataclasses
 import time
-import uuid
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -21,14 +19,18 @@ from feature_repo.spec import GROUPS, group
 from flink_jobs import features, online_sink
 from flink_jobs.reconcile import reconcile
 from flywheel.clients import feast_store
-from flywheel.clients.kafka import ensure_topics
 from flywheel.compat import feast as feast_private
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import SimConfig, simulate
 from flywheel.polling import wait_until
 from flywheel.settings import load_settings
 from flywheel.stack.services import Redis
-from tests.integration.feature_checks import assert_online_matches_reference, await_online_matches_offline, markers
+from tests.integration.feature_checks import (
+    assert_online_matches_reference,
+    await_online_matches_offline,
+    fresh_job,
+    markers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -140,14 +142,6 @@ def test_writes_are_newer_only_against_feasts_own_writes(cfg, store):
     assert read()["newer-a"] == 4
 
 
-def test_a_view_feast_does_not_know_as_the_job_does_stops_the_build(cfg, store):
-    """A feature whose type differs between spec.py and the registry fails before any job starts."""
-    g = group("user_stats_1h")
-    changed = dataclasses.replace(g, features=(*g.features[:-1], dataclasses.replace(g.features[-1], dtype="int64")))
-    with pytest.raises(online_sink.FeastRegistryMismatch, match="run `flywheel features apply`"):
-        online_sink.sink_configs(cfg, store, (changed,))
-
-
 def test_a_redis_outage_heals_by_itself_and_loses_nothing(cfg, store, monkeypatch):
     """Redis stops for 30 s while the job runs and events keep coming: the sink retries, gives up after
     its retry timeout (10 s here), the job restarts from its checkpoint until Redis is back, and in the end
@@ -158,12 +152,7 @@ def test_a_redis_outage_heals_by_itself_and_loses_nothing(cfg, store, monkeypatc
     outage = load_settings()
     redis = Redis(outage)
     redis.client().flushdb()
-    name = f"outage-{uuid.uuid4().hex[:8]}"
-    opt = features.options(
-        outage, topic=name, dlq_topic=f"{name}-dlq", late_topic=f"{name}-late", group_id=name,
-        offline_dir=outage.var_dir / f"offline-{name}", job_name=name,
-    )  # fmt: skip
-    ensure_topics(outage.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
+    opt = fresh_job(outage, "outage")
     sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=17))
     write_records(outage.kafka, sim.keys[:10_000], sim.values[:10_000], opt.topic)
     job = features.run(outage, opt, wait=False)

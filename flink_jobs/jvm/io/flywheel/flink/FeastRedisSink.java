@@ -58,6 +58,7 @@ public class FeastRedisSink implements Sink<Row> {
         final String username;
         final String password; // never logged; see toString
         final int batchSize; // values per pipelined round trip
+        final int keysPerCall; // entities per script call (1 on Redis Cluster: a call's keys share a slot)
         final int maxPending; // distinct keys held before they are written regardless of time
         final long liveLagMs;
         final long flushIntervalMs;
@@ -92,6 +93,7 @@ public class FeastRedisSink implements Sink<Row> {
             username = r.hasNonNull("username") ? r.get("username").asText() : null;
             password = r.hasNonNull("password") ? r.get("password").asText() : null;
             batchSize = j.get("batch_size").asInt();
+            keysPerCall = cluster ? 1 : Math.max(1, j.path("keys_per_call").asInt(1));
             maxPending = j.get("max_pending").asInt();
             liveLagMs = j.get("live_lag_ms").asLong();
             flushIntervalMs = j.get("flush_interval_ms").asLong();

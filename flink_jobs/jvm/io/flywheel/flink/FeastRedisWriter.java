@@ -6,6 +6,7 @@ import java.nio.charset.StandardCharsets;
 import java.time.LocalDateTime;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
@@ -35,7 +36,8 @@ import redis.clients.jedis.exceptions.JedisDataException;
 
 /**
  * FeastRedisSink's writer: keeps each entity's latest value and writes them in pipelined batches of
- * newer-only upserts (feast_redis_write.lua, by EVALSHA).
+ * newer-only upserts (feast_redis_write.lua, by EVALSHA, {@code keysPerCall} entities a call: the call's
+ * own cost is most of a one-entity call's).
  *
  * <p>Only a key's latest value is worth a write (Redis keeps nothing else), so values wait here, one per
  * key, until one of:
@@ -187,45 +189,43 @@ class FeastRedisWriter implements SinkWriter<Row> {
         }
     }
 
-    /** One pipelined round trip: an EVALSHA per entity. */
+    /** One pipelined round trip: an EVALSHA per {@code keysPerCall} entities. */
     private void writeBatch(List<Row> rows) {
         if (sha == null) {
             sha = client.scriptLoad(SCRIPT).getBytes(StandardCharsets.US_ASCII);
         }
-        List<List<byte[]>> argv = new ArrayList<>(rows.size());
-        List<byte[]> keys = new ArrayList<>(rows.size());
-        for (Row row : rows) {
-            keys.add(redisKey(row));
-            argv.add(args(row));
+        List<List<byte[]>> keys = new ArrayList<>();
+        List<List<byte[]>> argv = new ArrayList<>();
+        for (int start = 0; start < rows.size(); start += config.keysPerCall) {
+            List<Row> call = rows.subList(start, Math.min(start + config.keysPerCall, rows.size()));
+            List<byte[]> k = new ArrayList<>(call.size());
+            for (Row row : call) {
+                k.add(redisKey(row));
+            }
+            keys.add(k);
+            argv.add(args(call));
         }
-        List<Integer> noScript = new ArrayList<>();
-        List<Response<Object>> replies = new ArrayList<>(rows.size());
+        List<Response<Object>> replies = new ArrayList<>(keys.size());
         try (AbstractPipeline pipe = client.pipelined()) {
-            for (int i = 0; i < rows.size(); i++) {
-                replies.add(pipe.evalsha(sha, List.of(keys.get(i)), argv.get(i)));
+            for (int i = 0; i < keys.size(); i++) {
+                replies.add(pipe.evalsha(sha, keys.get(i), argv.get(i)));
             }
             pipe.sync();
         }
         for (int i = 0; i < replies.size(); i++) {
+            Object reply;
             try {
-                count(replies.get(i).get());
+                reply = replies.get(i).get();
             } catch (JedisDataException e) {
                 if (e.getMessage() == null || !e.getMessage().startsWith("NOSCRIPT")) {
                     throw e;
                 }
-                noScript.add(i); // a restarted Redis, or a cluster node that has not seen the script yet
+                // A restarted Redis, or a cluster node that has not seen the script yet: EVAL loads it.
+                reply = client.eval(SCRIPT.getBytes(StandardCharsets.UTF_8), keys.get(i), argv.get(i));
             }
-        }
-        for (int i : noScript) {
-            count(client.eval(SCRIPT.getBytes(StandardCharsets.UTF_8), List.of(keys.get(i)), argv.get(i)));
-        }
-    }
-
-    private void count(Object reply) {
-        if (((Long) reply) == 1L) {
-            written.inc();
-        } else {
-            notNewer.inc();
+            long n = (Long) reply;
+            written.inc(n);
+            notNewer.inc(keys.get(i).size() - n);
         }
     }
 
@@ -237,20 +237,23 @@ class FeastRedisWriter implements SinkWriter<Row> {
         return FeastRedisLayout.redisKey(config.project, config.joinKeys, values);
     }
 
-    /** The script's ARGV for one row (see feast_redis_write.lua). */
-    List<byte[]> args(Row row) {
-        LocalDateTime ts = eventTime(row);
-        long seconds = ts.toEpochSecond(ZoneOffset.UTC);
-        List<byte[]> a = new ArrayList<>(5 + 2 * fields.length);
+    /** The script's ARGV for the entities of one call (see feast_redis_write.lua). */
+    List<byte[]> args(List<Row> rows) {
+        List<byte[]> a = new ArrayList<>(3 + fields.length + rows.size() * (3 + fields.length));
         a.add(tsField);
-        a.add(FeastRedisLayout.timestamp(seconds, ts.getNano()));
-        a.add(ascii(seconds));
-        a.add(ascii(ts.getNano()));
         a.add(ttl);
+        a.add(ascii(fields.length));
+        a.addAll(Arrays.asList(fields));
         int offset = config.joinKeys.length;
-        for (int i = 0; i < fields.length; i++) {
-            a.add(fields[i]);
-            a.add(FeastRedisLayout.value(config.types[i], row.getField(offset + i)));
+        for (Row row : rows) {
+            LocalDateTime ts = eventTime(row);
+            long seconds = ts.toEpochSecond(ZoneOffset.UTC);
+            a.add(FeastRedisLayout.timestamp(seconds, ts.getNano()));
+            a.add(ascii(seconds));
+            a.add(ascii(ts.getNano()));
+            for (int i = 0; i < fields.length; i++) {
+                a.add(FeastRedisLayout.value(config.types[i], row.getField(offset + i)));
+            }
         }
         return a;
     }

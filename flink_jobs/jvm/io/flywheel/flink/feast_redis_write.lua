@@ -1,12 +1,13 @@
--- Newer-only write of one entity's values of one feature view, in Feast's Redis layout (FeastRedisSink).
--- KEYS[1]  the entity's Redis key
--- ARGV[1]  "_ts:<view>"          ARGV[2]  the new serialized google.protobuf.Timestamp
--- ARGV[3]  its seconds           ARGV[4]  its nanos
--- ARGV[5]  key TTL in seconds (0: none)
--- ARGV[6…] hash field, serialized feast.types.Value, …
--- Returns 1 if written, 0 if the stored value is as new or newer (what Feast's own writer skips too).
--- Atomic, so no writer (this job, a replay, Feast's write_to_online_store, a backfill) can slip in between
--- the comparison and the write.
+-- Newer-only writes of entities' values of one feature view, in Feast's Redis layout (FeastRedisSink).
+-- KEYS     the entities' Redis keys (one per entity; on Redis Cluster one per call, as keys of one call
+--          must share a hash slot)
+-- ARGV[1]  "_ts:<view>"   ARGV[2]  key TTL in seconds (0: none)   ARGV[3]  n, the number of features
+-- ARGV[4 .. 3+n]  the features' hash fields
+-- then per entity, in KEYS order: the serialized google.protobuf.Timestamp, its seconds, its nanos, and
+-- the n serialized feast.types.Value
+-- Returns how many entities were written; an entity whose stored value is as new or newer is skipped
+-- (what Feast's own writer skips too). Atomic, so no writer (this job, a replay, Feast's
+-- write_to_online_store, a backfill) can slip in between a comparison and its write.
 
 local function varint(s, i)
   local value, scale = 0, 1
@@ -31,15 +32,28 @@ local function decode(ts)
   return seconds, nanos
 end
 
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-if stored then
-  local s, n = decode(stored)
-  local new_s, new_n = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if (s > 0 or n > 0) and (new_s < s or (new_s == s and new_n <= n)) then
-    return 0
+local ts_field, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+local a = 4 + n
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local new_s, new_n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local newer = true
+  local stored = redis.call('HGET', key, ts_field)
+  if stored then
+    local s, ns = decode(stored)
+    newer = not ((s > 0 or ns > 0) and (new_s < s or (new_s == s and new_n <= ns)))
   end
+  if newer then
+    local hash = {ts_field, ARGV[a]}
+    for f = 1, n do
+      hash[2 * f + 1] = ARGV[3 + f]
+      hash[2 * f + 2] = ARGV[a + 2 + f]
+    end
+    redis.call('HSET', key, unpack(hash))
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    written = written + 1
+  end
+  a = a + 3 + n
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 6))
-local ttl = tonumber(ARGV[5])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-return 1
+return written
