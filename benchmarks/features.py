@@ -459,10 +459,17 @@ def run(cfg: Settings, log=print) -> dict:
     keep(**{f"{k}_at_{EASY_RATE}": v for k, v in freshness(cfg, log, rate=EASY_RATE).items()})
     # The sink alone, sustained (the same calibration as the jobs): fresh keys, so every value is written.
     client = feast_private.redis_client(feast_store.store(cfg))
-    big_s, small_s = online_sink_seconds(cfg, SINK_VALUES, log), online_sink_seconds(cfg, SINK_VALUES // 10, log)
+
+    def forget() -> None:
+        for batch in _batched(client.scan_iter(match=b"*bench-sink-*", count=10_000), 10_000):
+            client.delete(*batch)
+
+    forget()
+    big_s = online_sink_seconds(cfg, SINK_VALUES, log)
+    forget()
+    small_s = online_sink_seconds(cfg, SINK_VALUES // 10, log)
+    forget()
     keep(online_sink_values_per_s=round((SINK_VALUES - SINK_VALUES // 10) / max(big_s - small_s, 1e-9)))
-    for batch in _batched(client.scan_iter(match=b"*bench-sink-*", count=10_000), 10_000):
-        client.delete(*batch)
     # Stretch: Feast's own stream ingestion (its Spark-Kafka processor), two of our eight views.
     big_s, small_s = processor_seconds(cfg, big, n, log), processor_seconds(cfg, small, SMALL, log)
     keep(
