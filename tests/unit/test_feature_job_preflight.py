@@ -3,13 +3,16 @@ restarted by Flink forever."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from flink_jobs import features
 from flywheel.errors import FlywheelError
-from flywheel.settings import load_settings
+from flywheel.settings import REPO_ROOT, load_settings
 
 pytestmark = pytest.mark.slow  # imports Feast, starts PyFlink's JVM
 
@@ -32,3 +35,16 @@ def test_restarts_are_bounded_by_the_setting(monkeypatch):
     conf = t_env.get_config()
     assert conf.get("restart-strategy.type", None) == "exponential-delay"
     assert conf.get("restart-strategy.exponential-delay.attempts-before-reset-backoff", None) == "3"
+
+
+def test_the_job_entry_point_exits_non_zero_with_the_fix(tmp_path):
+    """What `flink run --python flink_jobs/features.py` runs (its client side), against an empty registry."""
+    env = {**os.environ, "FLYWHEEL_VAR_DIR": str(tmp_path), "FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flink_jobs.features", "--bounded"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "are not in the Feast registry: run `flywheel features apply`" in proc.stderr, proc.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
