@@ -73,19 +73,12 @@ class FeastRedisWriter implements SinkWriter<Row> {
     private boolean timerSet;
 
     FeastRedisWriter(FeastRedisSink.Config config, WriterInitContext context) {
-        this(config, context.getProcessingTimeService(), context.isObjectReuseEnabled(),
-                context.metricGroup().counter("feastValuesWritten"),
-                context.metricGroup().counter("feastValuesNotNewer"));
-        context.metricGroup().gauge("feastPendingKeys", pending::size);
-    }
-
-    FeastRedisWriter(FeastRedisSink.Config config, ProcessingTimeService time, boolean copyRows,
-            Counter written, Counter notNewer) {
         this.config = config;
-        this.time = time;
-        this.copyRows = copyRows;
-        this.written = written;
-        this.notNewer = notNewer;
+        this.time = context.getProcessingTimeService();
+        this.copyRows = context.isObjectReuseEnabled();
+        this.written = context.metricGroup().counter("feastValuesWritten");
+        this.notNewer = context.metricGroup().counter("feastValuesNotNewer");
+        context.metricGroup().gauge("feastPendingKeys", pending::size);
         this.tsField = FeastRedisLayout.timestampField(config.view);
         this.fields = new byte[config.features.length][];
         for (int i = 0; i < fields.length; i++) {
