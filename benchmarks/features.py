@@ -90,7 +90,7 @@ def _job_options(cfg: Settings, topic: str, **overrides):
 
 def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float, int | None]:
     """Wall time of one bounded embedded run: `features` (the real job, Parquet + Redis), `offline`
-    (the same job without the online writer) or `passthrough`; and, for the feature job, how many
+    (the same job without the Redis sink) or `passthrough`; and, for the feature job, how many
     event-log rows repeat an event_id (exactly-once says 0)."""
     import duckdb
 

@@ -200,7 +200,7 @@ def _stream_view(t_env, name: str, query: str, rowtime: str | None = None):
 
     Two uses. A panes view read by more than one view (`pane_views`): otherwise each reader plans its own
     copy; `rowtime` names the column that stays its event time, carrying the upstream watermark. And a
-    feature view's output has two consumers (the Parquet sink in the statement set, the online writer as
+    feature view's output has two consumers (the Parquet sink in the statement set, the Redis sink as
     a DataStream) that are otherwise planned apart, each with its own copy of the view's operators: both
     read the returned stream instead."""
     from pyflink.table import Schema
