@@ -2,8 +2,10 @@
 
 World: users and items with latent preferences and categories; items keep arriving; a stochastic
 logging policy (Plackett-Luce over a noisy score, sampled with the Gumbel top-k trick) fills K slots per
-request and logs the exact propensity of each item at its position; clicks follow a position-based model
-(examination 1/position^eta times relevance); some clicks become purchases. Traffic has daily and
+request and logs, as `propensity`, the exact marginal probability that it put this item at this slot
+(`flywheel.policy`; what per-slot IPS needs) and, as `context.sequential_propensity`, the probability
+given the items above it (what the draw used; for cascade and slate estimators); clicks follow a
+position-based model (examination 1/position^eta times relevance); some clicks become purchases. Traffic has daily and
 weekly seasonality.
 
 Faults, each at a requested rate and counted: out-of-order arrival (within the allowed
@@ -24,6 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict
+
+from flywheel import policy
 
 MS_PER_DAY = 86_400_000
 
@@ -62,6 +66,7 @@ class SimConfig(BaseModel):
     new_items_per_day: float = 20.0
     latent_dim: int = 8
     examination_eta: float = 0.8
+    policy_temperature: float = 1.0  # the logging policy is PL(softmax(score / T)): larger T explores more
     purchase_given_click: float = 0.1
     faults: Faults = Faults()
 
@@ -161,25 +166,18 @@ def simulate(cfg: SimConfig) -> SimOutput:
     until_ms = int(f.drift_until.timestamp() * 1000) if f.drift_until else np.iinfo(np.int64).max
 
     cols: dict[str, list[np.ndarray]] = {
-        n: [] for n in ("req", "user", "item", "pos", "prop", "click", "purchase", "drift")
+        n: [] for n in ("req", "user", "item", "pos", "prop", "seq", "click", "purchase", "drift")
     }
     chunk = 2000
     for lo in range(0, n_requests, chunk):
         hi = min(lo + chunk, n_requests)
         t, u = req_time[lo:hi], req_user[lo:hi]
         n_avail = np.searchsorted(world.item_birth, t, side="right")
-        score = world.user_cat_pref[u][:, world.item_cat] + world.policy_quality[None, :]
+        score = (world.user_cat_pref[u][:, world.item_cat] + world.policy_quality[None, :]) / cfg.policy_temperature
         score = np.where(np.arange(world.n_items)[None, :] < n_avail[:, None], score, -np.inf)
-        gumbel = rng.gumbel(size=score.shape)
-        top = np.argpartition(-(score + gumbel), k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(score + gumbel, top, axis=1), axis=1)
-        top = np.take_along_axis(top, order, axis=1)  # slot 1..K
-        smax = np.max(np.where(np.isfinite(score), score, -1e9), axis=1, keepdims=True)
-        w = np.exp(score - smax)
-        z = w.sum(axis=1, keepdims=True)
-        chosen_w = np.take_along_axis(w, top, axis=1)
-        prior = np.cumsum(chosen_w, axis=1) - chosen_w
-        prop = chosen_w / (z - prior)  # exact Plackett-Luce probability of this item at this slot
+        top = policy.sample(score, k, rng)  # slot 1..K
+        prop = policy.marginals_of_shown(score, top)  # P(this item at this slot): what per-slot IPS needs
+        seq = policy.sequential(score, top)  # P(this item here | the items above it): for cascade estimators
         drifted = (t >= drift_ms) & (t < until_ms) if drift_ms is not None else np.zeros(len(t), bool)
         eff_user = np.where(drifted & (f.drift_kind == "tastes"), world.drift_perm[u], u)
         rel = _sigmoid(
@@ -198,6 +196,7 @@ def simulate(cfg: SimConfig) -> SimOutput:
         cols["item"].append(top.ravel())
         cols["pos"].append(np.tile(np.arange(1, k + 1), hi - lo))
         cols["prop"].append(np.clip(prop.ravel(), 1e-12, 1.0))
+        cols["seq"].append(np.clip(seq.ravel(), 1e-12, 1.0))
         cols["click"].append(click.ravel())
         cols["purchase"].append(purchase.ravel())
         cols["drift"].append(np.repeat(drifted, k))
@@ -243,7 +242,7 @@ def simulate(cfg: SimConfig) -> SimOutput:
     # Gather per-event columns once and loop over plain Python values (numpy scalars are slow).
     req_l, pos_l = c["req"][idx].tolist(), c["pos"][idx].tolist()
     user_l, item_l = c["user"][idx].tolist(), c["item"][idx].tolist()
-    prop_l = np.maximum(np.round(c["prop"][idx], 8), 1e-8).tolist()
+    prop_l, seq_l = c["prop"][idx].tolist(), c["seq"][idx].tolist()
     cat_l = world.item_cat[c["item"][idx]].tolist()
     hour_l = ((etime // 3_600_000) % 24).tolist()
     etype_l, etime_l, arrival_l, corrupt_l = etype.tolist(), etime.tolist(), arrival.tolist(), corrupt.tolist()
@@ -264,7 +263,7 @@ def simulate(cfg: SimConfig) -> SimOutput:
             "propensity": prop_l[j],
             "request_id": request,
             "source": "simulator",
-            "context": {"hour": hour_l[j]},
+            "context": {"hour": hour_l[j], "sequential_propensity": seq_l[j]},
             "event_time": etime_l[j],
             "ingest_time": arrival_l[j],
         }

@@ -1,0 +1,220 @@
+"""Stochastic ranking policies and their exact per-slot propensities.
+
+A Plackett-Luce (PL) policy with weights w fills slot 1 with item i with probability w_i / sum(w), slot
+2 from the items left, and so on; sampling it is the Gumbel top-k trick. Per-slot off-policy estimators
+and IPS-weighted training need the *marginal* probability that the policy put item i at slot k, not the
+sequential conditional the draw uses (they agree only at slot 1). Computing it naively sums over every
+ordered prefix; instead it uses the exponential-race view of PL: item j "arrives" at T_j ~ Exp(w_j) and
+the list is the arrival order, so (with sum(w) = 1)
+
+    P(i at slot k) = integral_0^inf  w_i exp(-w_i t) * P(exactly k-1 other items arrived by t)  dt,
+
+where the second factor is a Poisson-binomial probability. `marginals` evaluates it for any weights
+(trapezoid in log t, exponentially convergent for these analytic integrands, Poisson-binomial by a
+leave-one-out product); `marginals_of_shown` is the fast path for large catalogs with small weights
+(Gauss-Laguerre in t, the Poisson-binomial from power sums of the weights), used by the simulator and
+checked against `marginals` in the tests. `docs/design/off-policy.md` has the derivation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+
+_STEP = 0.2  # trapezoid step in log t: error ~exp(-pi^2 / step); ~1e-12 measured with 10 slots
+_T_LOW = 1e-13  # what is left below it is at most w_i * _T_LOW
+_TAIL = 40.0  # the integrand has decayed like exp(-_TAIL) once the (k+1)-th heaviest item has surely arrived
+
+
+def _weights(logits: np.ndarray) -> np.ndarray:
+    """Row-normalised PL weights; -inf logits (unavailable items) get weight 0."""
+    z = np.asarray(logits, dtype=np.float64)
+    top = np.max(np.where(np.isfinite(z), z, -np.inf), axis=1, keepdims=True)
+    if not np.all(np.isfinite(top)):
+        raise ValueError("every row needs at least one candidate with a finite logit")
+    w = np.where(np.isfinite(z), np.exp(z - top), 0.0)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def sample(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(rows, k) item indices, slot 1 first: a PL draw via Gumbel top-k (needs k finite logits per row)."""
+    z = np.asarray(logits, dtype=np.float64) + rng.gumbel(size=np.shape(logits))
+    top = np.argpartition(-z, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(z, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def sequential(logits: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """(rows, k) probability of each shown item given the items above it (what the draw used)."""
+    w = _weights(logits)
+    chosen = np.take_along_axis(w, shown, axis=1)
+    above = np.cumsum(chosen, axis=1) - chosen
+    return chosen / np.maximum(1.0 - above, 1e-300)
+
+
+def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Product of polynomials in the last axis (coefficient of x^0 first), truncated to a's degree."""
+    out = np.zeros_like(a)
+    for d in range(a.shape[-1]):
+        out[..., d:] += a[..., d : d + 1] * b[..., : a.shape[-1] - d]
+    return out
+
+
+def _mul_arrival(a: np.ndarray, w: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """a(x) * ((1 - q) + q x) with q = 1 - e^{-w t} (the item has arrived by t): a (rows, nodes, k)."""
+    stay = np.exp(-w[:, None] * t)[..., None]
+    out = a * stay
+    out[..., 1:] += a[..., :-1] * (1.0 - stay)
+    return out
+
+
+def _grid(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row nodes t (rows, nodes) on an even grid in log t, and the step: from _T_LOW to where the
+    k-th heaviest other item has surely arrived (or, with fewer items than slots, the lightest one)."""
+    ranked = -np.sort(-w, axis=1)
+    lightest = np.where(w > 0, w, np.inf).min(axis=1)
+    kth = ranked[:, k] if w.shape[1] > k else np.zeros(len(w))
+    s_hi = np.log(_TAIL / np.where(kth > 0, kth, lightest))
+    nodes = max(int(np.ceil((s_hi.max() - np.log(_T_LOW)) / _STEP)) + 1, 8)
+    s = np.linspace(np.log(_T_LOW), s_hi, nodes, axis=1)
+    return np.exp(s), s[:, 1] - s[:, 0]
+
+
+def _density(w_i: np.ndarray, t: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """(rows, items, nodes): w_i e^{-w_i t} (item i arrives at t) times the quadrature weight of each node."""
+    return w_i[:, :, None] * np.exp(-w_i[:, :, None] * t[:, None, :]) * quad[:, None, :]
+
+
+def marginals(logits: np.ndarray, k: int) -> np.ndarray:
+    """(rows, items, k): P(item at slot s) for s = 1..k under PL(softmax(logits)), to ~1e-9 absolute.
+
+    Works for any weights (flat or nearly deterministic); meant for candidate sets (tens to hundreds
+    of items): cost O(items * k^2 * nodes) per row."""
+    w = _weights(logits)
+    out = np.empty((*w.shape, k))
+    m = w.shape[1]
+    rows = max(1, int(2e6 // (m * k * 100)))  # ~16 MB per working array
+    for lo in range(0, len(w), rows):
+        wc = w[lo : lo + rows]
+        t, h = _grid(wc, k)
+        # Leave-one-out products by prefix and suffix (no division: stable when an item surely arrived).
+        prefix = np.zeros((len(wc), m + 1, t.shape[1], k))
+        prefix[:, 0, :, 0] = 1.0
+        suffix = np.zeros_like(prefix)
+        suffix[:, m, :, 0] = 1.0
+        for j in range(m):
+            prefix[:, j + 1] = _mul_arrival(prefix[:, j], wc[:, j], t)
+            suffix[:, m - 1 - j] = _mul_arrival(suffix[:, m - j], wc[:, m - 1 - j], t)
+        others = _poly_mul(prefix[:, :m], suffix[:, 1:])  # (rows, m, nodes, k): P(exactly d others arrived)
+        out[lo : lo + rows] = np.einsum("rin,rind->rid", _density(wc, t, h[:, None] * t), others)
+    return out
+
+
+# The fast path: Gauss-Laguerre in t; light items through power sums of their weights (Taylor terms of
+# (e^u - 1)^m), heavy ones multiplied out exactly.
+_LAGUERRE_NODES = 24
+_SERIES_TERMS = 48
+_LIGHT = 0.01  # light items' power series stay well conditioned at every node below this weight
+_FAST_TAIL_MASS = 0.4  # the fast path needs this much weight outside the 2k heaviest items: with less, the
+# integrand decays slower than the Laguerre weight e^-t and reaches past its nodes (the direct path then)
+
+
+@cache
+def _expm1_power_series(k: int) -> np.ndarray:
+    """(k, _SERIES_TERMS) c[m-1, l]: (e^u - 1)^m = sum_l c[m-1, l] u^l, for m = 1..k."""
+    base = np.zeros(_SERIES_TERMS)
+    base[1:] = 1.0 / np.cumprod(np.arange(1, _SERIES_TERMS, dtype=np.float64))
+    rows, power = [], base
+    for _ in range(k):
+        rows.append(power)
+        power = np.convolve(power, base)[:_SERIES_TERMS]
+    return np.array(rows)
+
+
+def marginals_of_shown(logits: np.ndarray, shown: np.ndarray, chunk: int = 2000) -> np.ndarray:
+    """(rows, k): P(shown[r, s] at slot s+1), for the items a PL draw showed, to ~1e-9 absolute.
+
+    For large catalogs: rows with enough weight outside their 2k heaviest items take the fast path (cost
+    O(items * terms) per row), the others multiply every item out on the direct grid."""
+    out = np.empty(shown.shape)
+    for lo in range(0, len(shown), chunk):
+        w = _weights(logits[lo : lo + chunk])
+        s = shown[lo : lo + chunk]
+        k = s.shape[1]
+        heaviest = -np.partition(-w, 2 * k - 1, axis=1)[:, : 2 * k] if w.shape[1] > 2 * k else w
+        fast = 1.0 - heaviest.sum(axis=1) >= _FAST_TAIL_MASS
+        part = np.empty(s.shape)
+        if fast.any():
+            part[fast] = _shown_fast(w[fast], s[fast])
+        if (~fast).any():
+            part[~fast] = _shown_direct(w[~fast], s[~fast])
+        out[lo : lo + chunk] = part
+    return out
+
+
+def _shown_direct(w: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    t, h = _grid(w, shown.shape[1])
+    return _shown_integral(w, shown, t, h[:, None] * t, _product_direct)
+
+
+def _shown_integral(
+    w: np.ndarray, shown: np.ndarray, t: np.ndarray, quad: np.ndarray, rest_product: Callable[..., np.ndarray]
+) -> np.ndarray:
+    """sum_nodes quad * w_i e^{-w_i t} P(exactly s-1 others arrived by t), for each shown item i at its slot s;
+    `rest_product` multiplies out the items not shown."""
+    rows, k = shown.shape
+    rest = w.copy()
+    np.put_along_axis(rest, shown, 0.0, axis=1)  # a zero weight never arrives: a neutral factor
+    product = rest_product(rest, t, k)
+    w_s = np.take_along_axis(w, shown, axis=1)
+    others = np.empty((rows, k, t.shape[1], k))  # P(exactly d others arrived by t), for each shown item
+    for i in range(k):
+        acc = product
+        for j in range(k):
+            if j != i:
+                acc = _mul_arrival(acc, w_s[:, j], t)
+        others[:, i] = acc
+    slot = np.arange(k)
+    return np.einsum("rin,rin->ri", _density(w_s, t, quad), others[:, slot, :, slot].transpose(1, 0, 2))
+
+
+def _product_direct(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    """prod_j ((1 - q_j) + q_j x) over each row's items with a positive weight."""
+    most = int((rest > 0).sum(axis=1).max(initial=0))
+    packed = -np.sort(-rest, axis=1)[:, :most]  # each row's positive weights first: fewer, shorter loops
+    product = np.zeros((len(rest), t.shape[1], k))
+    product[..., 0] = 1.0
+    for j in range(most):
+        product = _mul_arrival(product, packed[:, j], t)
+    return product
+
+
+def _shown_fast(w: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """Gauss-Laguerre (sum(w) = 1, so the density times P(others) carries e^{-t}). For the light items not
+    shown, prod_j ((1 - q_j) + q_j x) = e^{-sum_j w_j t} exp(sum_m (-1)^{m+1} P_m x^m / m) with
+    P_m = sum_j (e^{w_j t} - 1)^m = sum_l c[m, l] t^l S_l and S_l = sum_j w_j^l (Newton's identities)."""
+    t, weight = np.polynomial.laguerre.laggauss(_LAGUERRE_NODES)
+    t = np.broadcast_to(t, (len(w), len(t)))
+    return _shown_integral(w, shown, t, np.broadcast_to(weight * np.exp(t[0]), t.shape), _product_fast)
+
+
+def _product_fast(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    light = np.where(rest <= _LIGHT, rest, 0.0)
+    product = _product_direct(rest - light, t, k)  # the few heavy items, exactly
+    power_sums = np.zeros((len(rest), _SERIES_TERMS))
+    acc = light.copy()
+    for lag in range(1, _SERIES_TERMS):  # S_0 is not needed: the series of (e^u - 1)^m starts at u^1
+        power_sums[:, lag] = acc.sum(axis=1)
+        acc *= light
+    t_pow = t[0][:, None] ** np.arange(_SERIES_TERMS)[None, :]  # (nodes, terms)
+    m = np.arange(1, k)
+    psum = np.einsum("rl,ql,ml->rqm", power_sums, t_pow, _expm1_power_series(k)[: k - 1])  # P_m, m = 1..k-1
+    a = psum * ((-1.0) ** (m + 1) / m)  # the log's coefficients of x^1..x^{k-1}
+    coef = np.zeros((*psum.shape[:2], k))
+    coef[..., 0] = 1.0
+    for d in range(1, k):
+        coef[..., d] = sum(j * a[..., j - 1] * coef[..., d - j] for j in range(1, d + 1)) / d
+    coef *= np.exp(-light.sum(axis=1)[:, None, None] * t[:, :, None])
+    return _poly_mul(product, coef)
