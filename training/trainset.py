@@ -114,9 +114,14 @@ def _view_relation(v: ViewJoin) -> str:
     if not glob.glob(v.path):  # no data yet: an empty relation of the right shape, so every row is "missing"
         nulls = ", ".join(f"NULL AS {c}" for c in (*v.join_keys, *(n for n, _ in v.features)))
         return f"(SELECT {keys}, {feats}, CAST(NULL AS TIMESTAMPTZ) AS __ts FROM (SELECT {nulls}) WHERE false)"
+    # Ties (one key, one timestamp, several rows) keep the row whose feature values sort highest (compared in the
+    # view's feature order, nulls lowest), so the same files always give the same training set.
+    order = ", ".join(f"{n} DESC NULLS LAST" for n, _ in v.features)
+    partition = ", ".join(v.join_keys)
     return (
         f"(SELECT {keys}, {feats}, CAST({v.timestamp_field} AS TIMESTAMPTZ) AS __ts "
-        f"FROM read_parquet('{v.path}', hive_partitioning = false))"
+        f"FROM read_parquet('{v.path}', hive_partitioning = false) "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition}, __ts ORDER BY {order}) = 1)"
     )
 
 
@@ -141,6 +146,9 @@ def point_in_time_join(p: Plan, labels: pa.Table, con: duckdb.DuckDBPyConnection
     if not pa.types.is_timestamp(ts.type):
         raise TypeError(f"labels.event_timestamp must be a timestamp, got {ts.type}")
     table = f"labels_{uuid.uuid4().hex[:8]}"  # a real table (not TEMP): the worker cursors must see it
+    if ts.type.unit == "ns":  # DuckDB keeps microseconds and truncates feature times: truncate labels alike
+        micros = pc.floor_temporal(ts, unit="microsecond").cast(pa.timestamp("us", ts.type.tz))
+        labels = labels.set_column(labels.schema.get_field_index("event_timestamp"), "event_timestamp", micros)
     con.register(f"{table}_in", labels)
     try:
         con.execute(
@@ -172,7 +180,7 @@ def point_in_time_join(p: Plan, labels: pa.Table, con: duckdb.DuckDBPyConnection
             for f in odfv.features:
                 if f.name in p.features:
                     out = out.append_column(f.name, transformed.column(f.name))
-    hidden = [n for v in p.views if not v.requested for n, _ in v.features if n not in p.features]
+    hidden = [n for v in p.views for n, _ in v.features if n not in p.features]  # inputs of on-demand views only
     hidden += [f"{v.name}__missing" for v in p.views if not v.requested]
     return out.drop_columns([c for c in hidden if c in out.column_names])
 

@@ -143,7 +143,7 @@ def test_training_rows_equal_what_online_serving_returns(job):
         entity = latest[list(view.join_keys)].assign(event_timestamp=at.values)
         for k in ("user_id", "item_id", "item_category"):
             entity[k] = entity[k] if k in entity else "-"
-        one = trainset.Plan(plan.service, plan.version, [view])
+        one = trainset.Plan(plan.service, plan.version, [view], features=[n for n, _ in view.features])
         offline = trainset.point_in_time_join(one, pa.Table.from_pandas(entity, preserve_index=False)).to_pandas()
         names = [n for n, _ in view.features]
         online = store.get_online_features(features=[f"{view.name}:{n}" for n in names], entity_rows=rows).to_df()

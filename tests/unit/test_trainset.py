@@ -48,8 +48,9 @@ def _nulls(view: trainset.ViewJoin) -> dict:
 
 
 def _only(view: trainset.ViewJoin, root) -> trainset.Plan:
-    """A plan of one view, read from another folder."""
-    return trainset.Plan("t", "1", [replace(view, path=str(root / view.name / "dt=*" / "hr=*" / "part-*"))])
+    """A plan of one view (all its features), read from another folder."""
+    path = str(root / view.name / "dt=*" / "hr=*" / "part-*")
+    return trainset.Plan("t", "1", [replace(view, path=path)], features=[n for n, _ in view.features])
 
 
 def _labels(rows: list[dict]) -> pa.Table:
