@@ -31,6 +31,7 @@ test-integration: setup
 bench:
 	@SETUP_GROUPS=spark bash infra/setup.sh
 	.venv/bin/flywheel bench trainset
+	.venv/bin/flywheel bench drift
 	.venv/bin/flywheel infra up -s kafka,redis
 	.venv/bin/flywheel bench features
 

@@ -163,12 +163,16 @@ class TrainsetSettings(_Model):
 
 
 class DriftSettings(_Model):
+    """Drift checks against the reference window, calibrated on it (validation/drift.py)."""
+
     bins: int  # numeric features: reference-quantile bins for KL divergence
-    kl_max: float  # numeric: KL(current || reference) above this fails
-    linf_max: float  # categorical: largest absolute change in a category's share above this fails
-    max_null_rate_increase: float  # a feature's null rate may not rise more than this over the reference
-    categorical: list[str]
-    blocks: bool  # a drift failure blocks training/promotion (else it is reported only)
+    categorical: list[str]  # columns compared by their category shares
+    false_alarm_rate: float = Field(gt=0, lt=1)  # chance that any check fires on a week like the reference
+    resamples: int  # random half-splits of the reference's time blocks that measure each check's null
+    block_hours: int  # time block of the reference (a block stays whole in a split: keeps within-day correlation)
+    # Which drift checks block training and promotion (the others are reported): a feature going missing
+    # is a broken pipeline; a shifted distribution is what retraining is for, judged by the champion comparison.
+    blocking: list[Literal["mean", "kl", "present", "category"]]
 
 
 class ValidationSettings(_Model):
@@ -183,10 +187,17 @@ class ValidationSettings(_Model):
     drift: DriftSettings
 
 
+class PolicySettings(_Model):
+    """The ranking policy a model serves as, and the one off-policy evaluation judges."""
+
+    temperature: float = Field(gt=0)  # Plackett-Luce draw from softmax(logit / temperature); smaller is greedier
+    epsilon: float = Field(ge=0, le=1)  # share of lists drawn uniformly at random instead (exploration)
+
+
 class OpeSettings(_Model):
     candidates: int  # the most frequent items of the evaluation window form the policy's choice set
     rows: int  # evaluation rows sampled for OPE (each is scored against every candidate)
-    temperature: float  # the model policy is softmax(logit / temperature) over the candidates
+    bootstrap: int  # resamples for the 95% intervals (paired when two policies are compared)
 
 
 class GateSettings(_Model):
@@ -196,7 +207,8 @@ class GateSettings(_Model):
     max_ece: float
     max_auc_drop: float
     max_logloss_rise: float
-    ope_estimator: str  # ips | snips | dr: the candidate fails if its CI lies wholly below the champion's value
+    ope_estimator: Literal["ips", "snips", "dr"]  # the paired off-policy rules use this estimator
+    min_comparison_rows: int  # holdout rows outside the champion's training windows needed to compare at all
 
 
 class TrainingSettings(_Model):
@@ -230,6 +242,7 @@ class Settings(_Model):
     trainset: TrainsetSettings
     validation: ValidationSettings
     training: TrainingSettings
+    policy: PolicySettings
 
     def model_post_init(self, __context: Any) -> None:
         if not self.var_dir.is_absolute():

@@ -70,7 +70,7 @@ class Batch:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # request_id, item_id, propensity, position
 
 
-def _hash(values: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
+def hash_ids(values: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
     """Stable across processes (Python's hash() is salted): crc32 of the string form."""
     return np.fromiter(
         (zlib.crc32(str(v).encode()) % buckets for v in values.to_pylist()), dtype=np.int64, count=len(values)
@@ -93,7 +93,7 @@ def dense_matrix(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
 
 
 def to_batch(table: pa.Table, cfg: ModelConfig, weight: np.ndarray, label: str = "label_click") -> Batch:
-    cats = np.stack([_hash(table.column(c), cfg.buckets) for c in cfg.categorical], axis=1)
+    cats = np.stack([hash_ids(table.column(c), cfg.buckets) for c in cfg.categorical], axis=1)
     extra = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("request_id", "item_id", "propensity",
                                                                          "position")}  # fmt: skip
     return Batch(
@@ -103,3 +103,22 @@ def to_batch(table: pa.Table, cfg: ModelConfig, weight: np.ndarray, label: str =
         weight=torch.from_numpy(weight.astype(np.float32)),
         extra=extra,
     )
+
+
+SERVED_AT = 1  # the ranker scores every candidate as if shown first: the ranking decides the slot
+
+
+def as_served(keys: pa.Table, features: pa.Table) -> pa.Table:
+    """The table the ranker scores for (user, candidate) pairs: their keys, the service's features (and
+    `<view>__missing` indicators) as the store holds them, every candidate at slot SERVED_AT. Serving and
+    off-policy evaluation both build it here, so the evaluated policy is the one that serves."""
+    n = keys.num_rows
+    cols: dict[str, object] = {c: keys.column(c) for c in ("user_id", "item_id", "item_category")}
+    cols |= {
+        "position": np.full(n, SERVED_AT, dtype=np.int64),
+        "propensity": np.ones(n),
+        "request_id": pa.array(["served"] * n),
+        "label_click": np.zeros(n, dtype=np.int8),
+    }
+    cols |= {c: features.column(c) for c in features.column_names if c not in cols and c != "event_timestamp"}
+    return pa.table(cols)

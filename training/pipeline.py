@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +17,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 from training import evaluate as ev
-from training import ope
+from training import offpolicy
 from training.model import ModelConfig, Ranker, to_batch
 from training.registry import ModelVersion, Registry
 from training.train import TrainConfig, fit, predict
 from training.trainset import Manifest
 
 log = logging.getLogger(__name__)
-
-ITEM_SIDE = ("item_", "popularity_trend")  # dense columns that describe the item, swapped for counterfactuals
 
 
 @dataclass
@@ -91,44 +89,12 @@ def load_model(reg: Registry, version: str) -> tuple[Ranker, ModelConfig]:
 # Evaluation
 
 
-def _counterfactual_logits(model: Ranker, mcfg: ModelConfig, rows: pa.Table, cands: pa.Table) -> np.ndarray:
-    """(rows, candidates) logits: each row's user-side inputs with each candidate's item-side inputs."""
-    base = to_batch(rows, mcfg, np.ones(rows.num_rows))
-    cb = to_batch(cands, mcfg, np.ones(cands.num_rows))
-    dense_idx = [i for i, c in enumerate(mcfg.dense) if c.startswith(ITEM_SIDE)]
-    cat_idx = [i for i, c in enumerate(mcfg.categorical) if c in ("item_id", "item_category")]
-    out = np.zeros((rows.num_rows, cands.num_rows), dtype=np.float32)
-    with torch.no_grad():
-        for j in range(cands.num_rows):
-            dense, cats = base.dense.clone(), base.cats.clone()
-            dense[:, dense_idx] = cb.dense[j, dense_idx]
-            cats[:, cat_idx] = cb.cats[j, cat_idx]
-            out[:, j] = model(dense, cats).numpy()
-    return out
-
-
-def _candidates(train: pa.Table, holdout: pa.Table, k: int) -> pa.Table:
-    """The k most shown items of the holdout, each with its latest row from training (its item-side state
-    when the holdout starts)."""
-    counts = pc.value_counts(holdout.column("item_id")).to_pylist()
-    top = [c["values"] for c in sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:k]]
-    wanted = set(top)
-    latest: dict[str, tuple[pa.Table, int]] = {}
-    for i, item in enumerate(train.column("item_id").to_pylist()):  # sorted by time: the last one wins
-        if item in wanted:
-            latest[item] = (train, i)
-    for i, item in enumerate(holdout.column("item_id").to_pylist()):  # items new in the holdout: first sight
-        if item in wanted and item not in latest:
-            latest[item] = (holdout, i)
-    return pa.concat_tables([latest[i][0].slice(latest[i][1], 1) for i in top])
-
-
-def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: pa.Table, cfg: Settings) -> dict:
-    """Holdout metrics, ranking metrics per request, off-policy value with baselines, exposure health."""
-    hb = to_batch(holdout, mcfg, np.ones(holdout.num_rows))
+def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, rows: pa.Table) -> dict:
+    """Holdout metrics, ranking metrics per request, exposure health."""
+    hb = to_batch(rows, mcfg, np.ones(rows.num_rows))
     p = predict(model, hb)
     y = hb.label.numpy()
-    metrics: dict[str, Any] = {
+    return {
         "auc": ev.auc(y, p),
         "logloss": ev.log_loss(y, p),
         "ece": ev.expected_calibration_error(y, p),
@@ -139,43 +105,65 @@ def evaluate_model(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: p
             p,
             catalog=len(set(train.column("item_id").to_pylist()) | set(hb.extra["item_id"])),
         ),
-        "holdout_rows": int(holdout.num_rows),
+        "holdout_rows": int(rows.num_rows),
         "holdout_click_rate": float(y.mean()),
     }
-    metrics["ope"] = off_policy(model, mcfg, train, holdout, cfg)
-    return metrics
 
 
-def off_policy(model: Ranker, mcfg: ModelConfig, train: pa.Table, holdout: pa.Table, cfg: Settings) -> dict:
-    o = cfg.training.ope
-    cands = _candidates(train, holdout, o.candidates)
-    index = {item: j for j, item in enumerate(cands.column("item_id").to_pylist())}
-    logged = np.array([index.get(i, -1) for i in holdout.column("item_id").to_pylist()])
-    keep = np.flatnonzero(logged >= 0)
-    if len(keep) > o.rows:
-        keep = np.sort(np.random.default_rng(cfg.training.seed).choice(keep, o.rows, replace=False))
-    rows = holdout.take(pa.array(keep))
-    logits = _counterfactual_logits(model, mcfg, rows, cands)
-    reward = np.asarray(rows.column("label_click").to_numpy(zero_copy_only=False), dtype=float)
-    prop = np.asarray(rows.column("propensity").to_numpy(zero_copy_only=False), dtype=float)
-    q = 1 / (1 + np.exp(-logits))
-    li = logged[keep]
-    clicks = np.zeros(cands.num_rows)
-    for item, c in zip(train.column("item_id").to_pylist(), train.column("label_click").to_pylist(), strict=True):
-        if item in index:
-            clicks[index[item]] += c
-    policies = {
-        "model": ope.softmax(logits, o.temperature),
-        "random": ope.uniform_policy(len(keep), cands.num_rows),
-        "popularity": ope.popularity_policy(len(keep), clicks),
+def training_windows(reg: Registry, version: str) -> list[dict[str, str]]:
+    """Every data window a version learned from: its own and, through warm starts, its ancestors'."""
+    windows, seen = [], set()
+    current: str | None = version
+    while current and current not in seen:
+        seen.add(current)
+        mv = reg.get(current)
+        if mv.data_window.get("start") and mv.data_window.get("end"):
+            windows.append(mv.data_window)
+        current = mv.parent_version
+    return windows
+
+
+def outside(rows: pa.Table, windows: list[dict[str, str]]) -> pa.Table:
+    """The rows whose event time lies in none of the windows [start, end)."""
+    ts = rows.column("event_timestamp")
+    inside = pa.array(np.zeros(rows.num_rows, dtype=bool))
+    for w in windows:
+        lo, hi = (pa.scalar(datetime.fromisoformat(w[k]), ts.type) for k in ("start", "end"))
+        inside = pc.or_(inside, pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
+    return rows.filter(pc.invert(inside))
+
+
+def compare_with_champion(
+    cfg: Settings,
+    candidate: tuple[Ranker, ModelConfig],
+    champion: tuple[Ranker, ModelConfig],
+    version: str,
+    train: pa.Table,
+    holdout: pa.Table,
+    features: offpolicy.FeatureSource,
+    on_holdout: dict,
+) -> dict:
+    """Both models on the same holdout rows, none of which either was trained on (the candidate never saw
+    its holdout; the champion's windows, through its warm-start ancestors, are cut out). `on_holdout` is
+    both models' off-policy report on the whole holdout, reused when no row had to be cut."""
+    windows = training_windows(registry(cfg), version)
+    fair = outside(holdout, windows)
+    out: dict[str, Any] = {
+        "version": version,
+        "rows": int(fair.num_rows),
+        "excluded_rows": int(holdout.num_rows - fair.num_rows),
+        "champion_windows": windows,
     }
-    out: dict[str, object] = {
-        name: {k: e.as_dict() for k, e in ope.estimate(pi, li, reward, prop, q).items()}
-        for name, pi in policies.items()
-    }
-    out["rows"] = int(len(keep))
-    out["candidates"] = int(cands.num_rows)
-    out["logged_click_rate"] = float(reward.mean()) if len(reward) else 0.0
+    if fair.num_rows < cfg.training.gate.min_comparison_rows:
+        return out
+    ours, theirs = evaluate_model(*candidate, train, fair), evaluate_model(*champion, train, fair)
+    out |= {"auc": theirs["auc"], "logloss": theirs["logloss"], "candidate_auc": ours["auc"],
+            "candidate_logloss": ours["logloss"]}  # fmt: skip
+    if fair.num_rows == holdout.num_rows:
+        out["ope"] = on_holdout
+    else:
+        s = offpolicy.setup(train, fair, cfg, features)
+        out["ope"] = offpolicy.evaluate({"model": candidate, "champion": champion}, s, train, cfg, "model")
     return out
 
 
@@ -204,9 +192,17 @@ def validate_stage(cfg: Settings, trainset_dir: Path, reference_dir: Path | None
     return result
 
 
-def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | None = None) -> str:
-    """Train (full: from scratch; incremental: warm start from the champion), evaluate the candidate and
-    the champion on the same holdout, register the candidate. Returns its version (idempotent per run_key)."""
+def train_stage(
+    cfg: Settings,
+    trainset_dir: Path,
+    mode: str,
+    run_key: str | None = None,
+    features: offpolicy.FeatureSource | None = None,
+) -> str:
+    """Train (full: from scratch; incremental: warm start from the champion), evaluate the candidate (and
+    the champion, on holdout rows neither trained on), register the candidate. Returns its version
+    (idempotent per run_key). Off-policy evaluation reads candidates' features from `features` (default:
+    the offline store)."""
     reg = registry(cfg)
     if run_key and (done := reg.find_run(run_key)):
         log.info(f"{run_key} already trained as {done.version}")
@@ -223,10 +219,16 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
         mcfg = ModelConfig(dense=feature_columns(table, manifest))
     warm = champ[0].state_dict() if champ is not None and mode == "incremental" else None
     model, curves = fit(train, holdout, mcfg, train_config(cfg, mode == "incremental"), warm_start=warm)
-    metrics = evaluate_model(model, mcfg, train, holdout, cfg)
+    metrics = evaluate_model(model, mcfg, train, holdout)
+    features = features or offpolicy.offline_features(cfg, manifest.feature_service)
+    setup = offpolicy.setup(train, holdout, cfg, features)
+    models = {"model": (model, mcfg)} | ({"champion": champ} if champ is not None else {})
+    metrics["ope"] = offpolicy.evaluate(models, setup, train, cfg, reward_model="model")
     metrics["curves"] = curves
     if champ is not None and champion is not None:
-        metrics["champion"] = {"version": champion.version} | evaluate_model(*champ, train, holdout, cfg)
+        metrics["champion"] = compare_with_champion(
+            cfg, (model, mcfg), champ, champion.version, train, holdout, features, metrics["ope"]
+        )
     validation_file = trainset_dir / "validation.json"
     validation = json.loads(validation_file.read_text()) if validation_file.exists() else {}
     mv = ModelVersion(
@@ -253,8 +255,11 @@ def train_stage(cfg: Settings, trainset_dir: Path, mode: str, run_key: str | Non
 
 
 def gate(cfg: Settings, mv: ModelVersion) -> list[str]:
-    """Reasons to reject (empty = pass): floors, no regression vs the champion, validation, off-policy value."""
+    """Reasons to reject (empty = pass): validation; floors (AUC, calibration, an off-policy value not
+    significantly below a uniformly random ranking); no regression against the champion on rows neither
+    model trained on (AUC, log-loss, and the paired off-policy difference)."""
     g, m = cfg.training.gate, mv.metrics
+    est = g.ope_estimator
     reasons = []
     if mv.validation.get("passed") is False:
         reasons += [f"data validation failed: {r}" for r in mv.validation.get("reasons", [])] or [
@@ -264,19 +269,33 @@ def gate(cfg: Settings, mv: ModelVersion) -> list[str]:
         reasons.append(f"AUC {m['auc']:.4f} below the floor {g.min_auc}")
     if m["ece"] > g.max_ece:
         reasons.append(f"calibration error {m['ece']:.4f} above the ceiling {g.max_ece}")
+    if worse := _significantly_below(m["ope"], "model - random", est):
+        reasons.append(f"off-policy value ({est}) significantly below a uniformly random ranking: {worse}")
     champ = m.get("champion")
     if champ:
-        if m["auc"] < champ["auc"] - g.max_auc_drop:
-            reasons.append(f"AUC {m['auc']:.4f} regresses from champion {champ['version']} ({champ['auc']:.4f})")
-        if m["logloss"] > champ["logloss"] + g.max_logloss_rise:
-            reasons.append(f"log-loss {m['logloss']:.4f} regresses from champion ({champ['logloss']:.4f})")
-        est = g.ope_estimator
-        ours, theirs = m["ope"]["model"][est], champ["ope"]["model"][est]
-        if ours["ci_high"] < theirs["value"]:
-            ci = f"[{ours['ci_low']:.4f}, {ours['ci_high']:.4f}]"
-            reasons.append(f"off-policy value ({est}) {ours['value']:.4f} {ci} "
-                           f"is significantly below the champion's {theirs['value']:.4f}")  # fmt: skip
+        if champ["rows"] < g.min_comparison_rows:
+            reasons.append(
+                f"no fair comparison with champion {champ['version']}: {champ['rows']} holdout rows lie outside its "
+                f"training windows ({champ['excluded_rows']} inside), {g.min_comparison_rows} needed"
+            )
+            return reasons
+        on = f"on {champ['rows']} rows neither trained on"
+        if champ["candidate_auc"] < champ["auc"] - g.max_auc_drop:
+            reasons.append(f"AUC {champ['candidate_auc']:.4f} regresses from champion {champ['version']} "
+                           f"({champ['auc']:.4f}) {on}")  # fmt: skip
+        if champ["candidate_logloss"] > champ["logloss"] + g.max_logloss_rise:
+            reasons.append(f"log-loss {champ['candidate_logloss']:.4f} regresses from champion "
+                           f"({champ['logloss']:.4f}) {on}")  # fmt: skip
+        if worse := _significantly_below(champ["ope"], "model - champion", est):
+            reasons.append(f"off-policy value ({est}) significantly below champion {champ['version']}'s {on}: {worse}")
     return reasons
+
+
+def _significantly_below(report: dict, pair: str, est: str) -> str | None:
+    d = report["versus"][pair][est]
+    if d["ci_high"] >= 0:
+        return None
+    return f"difference {d['value']:+.4f}, paired 95% CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
 
 
 def decide_stage(cfg: Settings, version: str) -> Decision:

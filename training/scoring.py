@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
-from training.model import to_batch
+from training.model import as_served, to_batch
 from training.pipeline import load_model, registry
 from training.train import predict
 
@@ -47,15 +47,7 @@ def online_rows(cfg: Settings, store, user: str, items: list[str], service: str,
     entity_rows = [{"user_id": user, "item_id": i, "item_category": cats[i] or "", "request_time": at} for i in items]
     online = store.get_online_features(features=store.get_feature_service(service), entity_rows=entity_rows).to_dict()
     n = len(items)
-    cols: dict[str, object] = {
-        "user_id": [user] * n,
-        "item_id": items,
-        "item_category": [cats[i] for i in items],
-        "position": np.ones(n, dtype=np.int64),  # scored as if shown first: the ranking decides the slot
-        "propensity": np.ones(n),
-        "request_id": ["online"] * n,
-        "label_click": np.zeros(n, dtype=np.int8),
-    }
+    cols: dict[str, object] = {}
     for v in p.views:
         if not v.requested:
             continue
@@ -67,7 +59,8 @@ def online_rows(cfg: Settings, store, user: str, items: list[str], service: str,
     for name in p.features:
         if name not in cols:
             cols[name] = pa.array([float(x) if x is not None else None for x in online[name]], pa.float64())
-    return pa.table(cols)
+    keys = pa.table({"user_id": [user] * n, "item_id": items, "item_category": [cats[i] for i in items]})
+    return as_served(keys, pa.table(cols))
 
 
 def rank(cfg: Settings, user: str, items: list[str], at: datetime | None = None, store=None) -> list[tuple[str, float]]:

@@ -1,9 +1,12 @@
 """Great Expectations 1.x gates on a training set: quality (schema, nulls, ranges, label rate, row
-count) and drift against a reference window (KL divergence per numeric feature, null-rate increase per
-feature, L-infinity distance of category shares per categorical column). Suites are built from the
-feature definitions, run in code, stored in a file context under var/gx, and rendered as Data Docs HTML.
+count) and drift against a reference window (per feature: mean shift, KL divergence over reference
+quantile bins, drop of the non-null share; per categorical column: KL divergence of the category shares),
+with thresholds calibrated on the reference itself at a configured false-alarm rate (validation/drift.py).
+Suites are built from the feature definitions, run in code, stored in a file context under var/gx, and
+rendered as Data Docs HTML.
 
-A failed critical check blocks training and promotion; the report names the failing column and value.
+A failed critical check (every quality check; the drift kinds listed in `validation.drift.blocking`) blocks
+training and promotion; the report names the failing column, the observed value and the bound.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from flywheel.settings import Settings, ValidationSettings
+from validation import drift
 
 if TYPE_CHECKING:  # GE is imported lazily: it takes seconds
     from great_expectations.checkpoint.actions import ValidationAction
@@ -112,54 +115,36 @@ def quality_expectations(
     return out
 
 
-def _partition(ref: pd.Series, bins: int) -> dict | None:
-    """Reference-quantile bins (GE's continuous partition object); None if the reference is empty."""
-    x = ref.dropna().astype(float).to_numpy()
-    if len(x) == 0:
-        return None
-    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 2:
-        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
-    counts, _ = np.histogram(x, bins=edges)
-    return {"bins": edges.tolist(), "weights": (counts / counts.sum()).tolist()}
-
-
-def drift_expectations(reference: pd.DataFrame, features: list[str], v: ValidationSettings) -> list[Expectation]:
+def drift_expectations(bounds: list[drift.Bound]) -> list[Expectation]:
+    """The calibrated drift checks as Great Expectations expectations (so Data Docs show each bound)."""
     import great_expectations as gx
 
+    E = gx.expectations
     out: list[Expectation] = []
-    for c in features:
-        if c in reference:  # missing much more often than in the reference: a broken feature pipeline
-            present = 1 - float(reference[c].isna().mean())
-            mostly = round(max(0.0, present - v.drift.max_null_rate_increase), 6)
-            if mostly > 0:
-                out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=c, mostly=mostly))
-        part = _partition(reference[c], v.drift.bins) if c in reference else None
-        if part is not None:
-            out.append(
-                gx.expectations.ExpectColumnKLDivergenceToBeLessThan(
-                    column=c,
-                    partition_object=part,
-                    threshold=v.drift.kl_max,
-                    internal_weight_holdout=0.01,
-                    tail_weight_holdout=0.01,
-                )  # fmt: skip
-            )
+    for b in bounds:
+        t = round(b.threshold, 9)
+        if b.kind == "mean" and b.reference is not None:
+            out.append(E.ExpectColumnMeanToBeBetween(column=b.column, min_value=b.reference - t,
+                                                     max_value=b.reference + t))  # fmt: skip
+        elif b.kind == "present" and b.reference is not None and b.reference - t > 0:
+            out.append(E.ExpectColumnValuesToNotBeNull(column=b.column, mostly=round(b.reference - t, 6)))
+        elif b.kind == "kl":
+            out.append(E.ExpectColumnKLDivergenceToBeLessThan(
+                column=b.column, partition_object=b.partition, threshold=t,
+                internal_weight_holdout=drift.TAIL_HOLDOUT, tail_weight_holdout=drift.TAIL_HOLDOUT))  # fmt: skip
+        elif b.kind == "category":
+            out.append(E.ExpectColumnKLDivergenceToBeLessThan(
+                column=b.column, partition_object=b.partition, threshold=t, tail_weight_holdout=drift.TAIL_HOLDOUT
+            ))  # fmt: skip
     return out
 
 
-def linf_checks(current: pd.DataFrame, reference: pd.DataFrame, v: ValidationSettings) -> list[Check]:
-    """Categorical drift: the largest change in any category's share (GE 1.x has no L-inf expectation)."""
-    checks = []
-    for c in v.drift.categorical:
-        if c not in current or c not in reference:
-            continue
-        a = current[c].astype(str).value_counts(normalize=True)
-        b = reference[c].astype(str).value_counts(normalize=True)
-        dist = float(a.subtract(b, fill_value=0).abs().max()) if len(a) or len(b) else 0.0
-        checks.append(Check("drift", "l_infinity_distance_below", c, dist <= v.drift.linf_max, v.drift.blocks, dist,
-                            f"<= {v.drift.linf_max}"))  # fmt: skip
-    return checks
+def _drift_kind(expectation: str, column: str | None, v: ValidationSettings) -> str:
+    if expectation == "expect_column_mean_to_be_between":
+        return "mean"
+    if expectation == "expect_column_values_to_not_be_null":
+        return "present"
+    return "category" if column in v.drift.categorical else "kl"
 
 
 def _describe(cfg: dict) -> str:
@@ -197,8 +182,12 @@ def validate(
         batch_def = asset.add_batch_definition_whole_dataframe("whole")
 
     suites = {"quality": quality_expectations(df, features, labels, v)}
+    stats: dict = {"rows": len(df)}
     if reference is not None:
-        suites["drift"] = drift_expectations(reference, features, v)
+        cats = [c for c in v.drift.categorical if c in df and c in reference]
+        bounds, stats["drift_calibration"] = drift.calibrate(reference, [c for c in features if c in reference], cats,
+                                                             len(df), v.drift)  # fmt: skip
+        suites["drift"] = drift_expectations(bounds)
     defs = []
     for kind, expectations in suites.items():
         suite = gx.ExpectationSuite(name=f"{name}_{kind}", expectations=expectations)
@@ -220,13 +209,11 @@ def validate(
             observed = r.result.get("observed_value", r.result.get("unexpected_percent"))
             if isinstance(observed, float) and math.isinf(observed):
                 observed = "inf"
-            critical = kind == "quality" or v.drift.blocks
+            critical = kind == "quality" or _drift_kind(cfg_.type, cfg_.kwargs.get("column"), v) in v.drift.blocking
             checks.append(Check(kind, cfg_.type, cfg_.kwargs.get("column"), bool(r.success), critical,
                                 observed, _describe(dict(cfg_.kwargs))))  # fmt: skip
-    if reference is not None:
-        checks += linf_checks(df, reference, v)
     index = data_docs_path(cfg)
-    return Report(checks, str(index) if docs and index.exists() else None, {"rows": len(df)})
+    return Report(checks, str(index) if docs and index.exists() else None, stats)
 
 
 def data_docs_path(cfg: Settings) -> Path:

@@ -55,17 +55,20 @@ def score_cmd(
 class Benchmark(StrEnum):
     trainset = "trainset"
     features = "features"
+    drift = "drift"
 
 
 @app.command("bench")
 def bench_cmd(which: Annotated[Benchmark, typer.Argument()] = Benchmark.trainset) -> None:
     """Run a benchmark (benchmarks/) and merge its figures into var/bench/results.json."""
+    from benchmarks import drift as bench_drift
     from benchmarks import features as bench_features
     from benchmarks import results
     from benchmarks import trainset as bench_trainset
 
     cfg = load_settings()
-    runners = {Benchmark.trainset: bench_trainset.run, Benchmark.features: bench_features.run}
+    runners = {Benchmark.trainset: bench_trainset.run, Benchmark.features: bench_features.run,
+               Benchmark.drift: bench_drift.run}  # fmt: skip
     figures = runners[which](cfg, log=console.print)
     results.merge(cfg, figures)
     t = Table("key", "value")

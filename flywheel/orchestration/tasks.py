@@ -88,17 +88,27 @@ def train(trainset_dir: str, mode: str, key: str) -> str:
 
 
 def evaluation_report(version: str) -> dict:
-    """Log the candidate's metrics next to the champion's (what a reviewer reads in the task log)."""
+    """Log the candidate's metrics, its off-policy value and its comparison with the champion (what a
+    reviewer reads in the task log)."""
     from training import pipeline
 
     mv = pipeline.registry(load_settings()).get(version)
     m = mv.metrics
-    champ = m.get("champion", {})
     for k in ("auc", "logloss", "ece", "ndcg@5", "recall@5", "exposure_gini", "catalog_coverage"):
-        log.info(f"{k:>18}: candidate {m.get(k, float('nan')):.4f}   champion {champ.get(k, float('nan')):.4f}")
-    for policy in ("model", "popularity", "random"):
-        est = m["ope"][policy]["snips"]
-        log.info(f"{'SNIPS ' + policy:>18}: {est['value']:.4f} [{est['ci_low']:.4f}, {est['ci_high']:.4f}]")
+        log.info(f"{k:>18}: {m.get(k, float('nan')):.4f}")
+    ope = m["ope"]
+    log.info(f"off-policy: {ope['rows']} holdout rows, coverage {ope['coverage']:.1%}, {ope['candidates']} candidates")
+    for policy, est in ope["policies"].items():
+        e = est["snips"]
+        log.info(f"{'SNIPS ' + policy:>18}: {e['value']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]")
+    champ = m.get("champion")
+    if champ and "ope" in champ:
+        d = champ["ope"]["versus"]["model - champion"]["snips"]
+        log.info(f"against champion {champ['version']} on {champ['rows']} rows neither trained on: AUC "
+                 f"{champ['candidate_auc']:.4f} vs {champ['auc']:.4f}, SNIPS difference {d['value']:+.4f} "
+                 f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")  # fmt: skip
+    elif champ:
+        log.info(f"champion {champ['version']}: only {champ['rows']} holdout rows outside its training windows")
     return {k: m[k] for k in ("auc", "logloss", "ece")}
 
 
