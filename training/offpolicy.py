@@ -16,9 +16,8 @@ proportional to past clicks + 1). Every logged row counts; rows whose item is no
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +29,8 @@ from flywheel.settings import PolicySettings, Settings
 from training import ope
 from training.model import ModelConfig, Ranker, as_served, hash_ids, to_batch
 
-log = logging.getLogger(__name__)
-KEYS = ("user_id", "item_id", "item_category", "event_timestamp")
+if TYPE_CHECKING:  # the builder imports DuckDB: only when the offline store is used
+    from training.trainset import Plan
 
 
 class FeatureSource(Protocol):
@@ -45,12 +44,12 @@ class FeatureSource(Protocol):
 class OfflineFeatures:
     """The offline store, joined point-in-time exactly as training sets are built."""
 
-    plan: object  # training.trainset.Plan
+    plan: Plan
 
     def as_of(self, entities: pa.Table) -> pa.Table:
         from training.trainset import point_in_time_join
 
-        return point_in_time_join(self.plan, entities)  # type: ignore[arg-type]
+        return point_in_time_join(self.plan, entities)
 
 
 def offline_features(cfg: Settings, service: str) -> OfflineFeatures:
