@@ -222,3 +222,107 @@ def _product_fast(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
         coef[..., d] = sum(j * a[..., j - 1] * coef[..., d - j] for j in range(1, d + 1)) / d
     coef *= np.exp(-light.sum(axis=1)[:, None, None] * t[:, :, None])
     return _poly_mul(product, coef)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The serving policy: PL at a temperature, mixed with uniformly random lists (exploration).
+
+
+def serving_marginals(logits: np.ndarray, slots: int, temperature: float, epsilon: float) -> np.ndarray:
+    """(n, m, slots): P(candidate at slot) when a share epsilon of lists is uniformly random and the rest
+    a PL draw from softmax(logits / temperature)."""
+    m = logits.shape[1]
+    pl = marginals(logits / temperature, min(slots, m))
+    if slots > m:  # more slots than candidates: the lower slots stay empty
+        pl = np.concatenate([pl, np.zeros((*pl.shape[:2], slots - m))], axis=2)
+    uniform = np.where(np.arange(slots) < m, 1.0 / m, 0.0)
+    return (1 - epsilon) * pl + epsilon * uniform[None, None, :]
+
+
+def _uniform_prefix(m: int, k: int) -> np.ndarray:
+    """P(a given ordered prefix of length s) for s = 0..k under a uniformly random ranking of m items."""
+    return np.concatenate([[1.0], np.cumprod(1.0 / (m - np.arange(k)))])
+
+
+def _mixture(shown_pl_prefix: np.ndarray, m: int, epsilon: float) -> np.ndarray:
+    """Sequential conditionals of the epsilon mixture from its PL part's prefix probabilities (length k+1)."""
+    prefix = (1 - epsilon) * shown_pl_prefix + epsilon * _uniform_prefix(m, len(shown_pl_prefix) - 1)
+    return prefix[1:] / prefix[:-1]
+
+
+def draw(
+    logits: np.ndarray, k: int, temperature: float, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One list from the serving policy over a request's m candidates (logits of shape (m,)).
+
+    Returns the shown candidates' indices (slot 1 first), each one's marginal probability of being at its
+    slot (the contract's `propensity`), and its probability given the items above it (the mixture's
+    sequential conditional)."""
+    m = len(logits)
+    k = min(k, m)
+    z = np.asarray(logits, dtype=np.float64)[None, :] / temperature
+    shown = rng.permutation(m)[:k][None, :] if rng.random() < epsilon else sample(z, k, rng)
+    marginal = (1 - epsilon) * marginals_of_shown(z, shown)[0] + epsilon / m
+    w = _weights(z)[0]
+    chosen = w[shown[0]]
+    # What is left before each slot, summed rather than 1 - taken: exact when the shown items are light.
+    left = np.delete(w, shown[0]).sum() + np.cumsum(chosen[::-1])[::-1]
+    pl_prefix = np.concatenate([[1.0], np.cumprod(chosen / left)])
+    return shown[0], marginal, _mixture(pl_prefix, m, epsilon)
+
+
+# Team-draft interleaving (Radlinski, Kurup, Joachims 2008) of two deterministic rankings: in every round
+# a coin decides which team picks first, each picks its best item not yet shown. With the rankings fixed,
+# the coins are the only randomness, so enumerating them gives exact propensities.
+MAX_INTERLEAVED = 16  # 2^(k/2) coin paths: 256 at 16 slots
+
+
+def _team_draft_paths(a: np.ndarray, b: np.ndarray, k: int) -> list[tuple[float, list[int], list[int]]]:
+    """Every coin path: (probability, list of item indices, team of each slot: 0 = a, 1 = b)."""
+    paths = []
+
+    def step(shown: list[int], teams: list[int], p: float) -> None:
+        if len(shown) == k:
+            paths.append((p, shown, teams))
+            return
+        count_a = teams.count(0)
+        count_b = len(teams) - count_a
+        firsts = [0] if count_a < count_b else [1] if count_b < count_a else [0, 1]
+        for team in firsts:
+            ranking = a if team == 0 else b
+            pick = next(int(i) for i in ranking if int(i) not in shown)
+            step([*shown, pick], [*teams, team], p / len(firsts))
+
+    step([], [], 1.0)
+    return paths
+
+
+def team_draft(
+    a: np.ndarray, b: np.ndarray, k: int, epsilon: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An interleaved list of rankings a and b (candidate indices, best first, each a full ranking of the
+    m candidates); with probability epsilon a uniformly random list instead.
+
+    Returns shown indices, each slot's team (0: a, 1: b, -1: the random list), the marginal probability of
+    each shown item at its slot and its sequential conditional, both exact, under the whole policy."""
+    m = len(a)
+    k = min(k, m)
+    if k > MAX_INTERLEAVED:
+        raise ValueError(f"team-draft interleaving takes at most {MAX_INTERLEAVED} slots, got {k}")
+    paths = _team_draft_paths(np.asarray(a), np.asarray(b), k)
+    if rng.random() < epsilon:
+        shown, teams = rng.permutation(m)[:k].tolist(), [-1] * k
+    else:
+        choice = rng.choice(len(paths), p=[p for p, _, _ in paths])
+        shown, teams = paths[choice][1], paths[choice][2]
+    at_slot = np.zeros(k)
+    prefix = np.zeros(k + 1)
+    prefix[0] = 1.0
+    for p, items, _ in paths:
+        for s in range(k):
+            if items[s] == shown[s]:
+                at_slot[s] += p
+        agree = next((s for s in range(k) if items[s] != shown[s]), k)
+        prefix[1 : agree + 1] += p
+    marginal = (1 - epsilon) * at_slot + epsilon / m
+    return np.asarray(shown), np.asarray(teams), marginal, _mixture(prefix, m, epsilon)

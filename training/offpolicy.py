@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import torch
 
 from flywheel import policy
-from flywheel.settings import PolicySettings, Settings
+from flywheel.settings import Settings
 from training import ope
 from training.model import ModelConfig, Ranker, as_served, hash_ids, to_batch
 
@@ -132,16 +132,6 @@ def score(model: Ranker, mcfg: ModelConfig, s: Setup) -> Scores:
     return Scores(served.astype(np.float64), 1.0 / (1.0 + np.exp(-logits_at.astype(np.float64))))
 
 
-def serving_marginals(logits: np.ndarray, slots: int, p: PolicySettings) -> np.ndarray:
-    """(n, m, slots): P(candidate at slot) under the serving policy (PL at the temperature, epsilon uniform)."""
-    m = logits.shape[1]
-    pl = policy.marginals(logits / p.temperature, min(slots, m))
-    if slots > m:  # more slots than candidates: the lower slots stay empty
-        pl = np.concatenate([pl, np.zeros((*pl.shape[:2], slots - m))], axis=2)
-    uniform = np.where(np.arange(slots) < m, 1.0 / m, 0.0)
-    return (1 - p.epsilon) * pl + p.epsilon * uniform[None, None, :]
-
-
 def _terms(pi: np.ndarray, s: Setup, q: np.ndarray) -> ope.Terms:
     n = len(s.logged)
     at = pi[np.arange(n), :, s.slot]  # (n, m): each candidate's probability at the row's logged slot
@@ -160,7 +150,8 @@ def evaluate(
     n, m = q.shape
     q_logged = np.where(s.logged >= 0, q[np.arange(n), np.maximum(s.logged, 0)], 0.0)
     reward = np.asarray(s.rows.column("label_click").to_numpy(zero_copy_only=False), dtype=float)
-    pis = {name: serving_marginals(sc.logits, s.slots, cfg.policy) for name, sc in scores.items()}
+    p = cfg.policy
+    pis = {name: policy.serving_marginals(sc.logits, s.slots, p.temperature, p.epsilon) for name, sc in scores.items()}
     pis["random"] = np.broadcast_to(np.where(np.arange(s.slots) < m, 1.0 / m, 0.0), (n, m, s.slots))
     clicks = np.zeros(m)
     index = {item: j for j, item in enumerate(s.candidates)}

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from flywheel import policy
 from flywheel.settings import load_settings
 from training import offpolicy, scenarios
 from training.model import ModelConfig, Ranker
@@ -53,7 +54,8 @@ def test_estimates_match_the_worlds_true_value(cfg, seed):
     model = model_for(train, seed)
     report = offpolicy.evaluate({"model": model}, setup, train, cfg, reward_model="model")
     assert report["rows"] == holdout.num_rows and 0.2 < report["coverage"] < 0.9  # every row, not only covered
-    pi = offpolicy.serving_marginals(offpolicy.score(*model, setup).logits, setup.slots, cfg.policy)
+    logits = offpolicy.score(*model, setup).logits
+    pi = policy.serving_marginals(logits, setup.slots, cfg.policy.temperature, cfg.policy.epsilon)
     users = np.array([int(u[1:]) for u in setup.rows.column("user_id").to_pylist()])
     items = np.array([int(i[1:]) for i in setup.candidates])
     at_slot = pi[np.arange(len(users)), :, setup.slot]

@@ -67,3 +67,82 @@ def test_fast_path_equals_the_direct_path(items, scale, heavy):
     direct = policy._shown_direct(policy._weights(logits), shown)
     got = policy.marginals_of_shown(logits, shown)
     assert np.max(np.abs(got - direct) / direct) < 1e-8
+
+
+def _list_probabilities(logits: np.ndarray, k: int, temperature: float, epsilon: float) -> dict[tuple, float]:
+    """Every ordered k-list of the serving policy, with its probability, by enumeration."""
+    w = np.exp((logits - logits.max()) / temperature)
+    w /= w.sum()
+    m = len(w)
+    uniform = 1.0 / np.prod(m - np.arange(k))
+    out = {}
+    for prefix in itertools.permutations(range(m), k):
+        p, left = 1.0, np.ones(m, bool)
+        for j in prefix:
+            p *= w[j] / w[left].sum()
+            left[j] = False
+        out[prefix] = (1 - epsilon) * p + epsilon * uniform
+    return out
+
+
+@pytest.mark.parametrize(("temperature", "epsilon"), [(1.0, 0.0), (0.25, 0.05), (0.05, 0.2), (0.01, 0.0)])
+def test_served_propensities_equal_enumeration_of_every_list(temperature, epsilon):
+    """What a served list logs: each slot's marginal and its conditional on the slots above, both exactly the
+    enumerated policy's; and, over all candidates, each slot's marginals sum to 1."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 1, 6)
+    k = 3
+    lists = _list_probabilities(logits, k, temperature, epsilon)
+    at = np.zeros((6, k))
+    for items, p in lists.items():
+        for s, i in enumerate(items):
+            at[i, s] += p
+    np.testing.assert_allclose(at.sum(axis=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(policy.serving_marginals(logits[None], k, temperature, epsilon)[0], at, atol=1e-9)
+    for _ in range(20):
+        shown, marginal, conditional = policy.draw(logits, k, temperature, epsilon, rng)
+        np.testing.assert_allclose(marginal, at[shown, np.arange(k)], atol=1e-9)
+        prefix = [sum(p for items, p in lists.items() if items[:s] == tuple(shown[:s])) for s in range(k + 1)]
+        np.testing.assert_allclose(conditional, np.array(prefix[1:]) / np.array(prefix[:-1]), rtol=1e-9)
+
+
+def _team_draft_by_coins(a: list[int], b: list[int], k: int, rng: np.random.Generator) -> tuple[list, list]:
+    """Team draft as the paper writes it, flipping real coins: an independent implementation."""
+    shown, teams = [], []
+    while len(shown) < k:
+        na, nb = teams.count(0), teams.count(1)
+        team = 0 if na < nb or (na == nb and rng.random() < 0.5) else 1
+        shown.append(next(i for i in (a if team == 0 else b) if i not in shown))
+        teams.append(team)
+    return shown, teams
+
+
+def test_team_draft_propensities_and_attribution_match_an_independent_draft():
+    rng = np.random.default_rng(5)
+    m, k, eps = 8, 5, 0.1
+    a, b = rng.permutation(m), rng.permutation(m)
+    runs, counts, seen = 40_000, np.zeros((m, k)), {}
+    for _ in range(runs):
+        if rng.random() < eps:
+            shown = rng.permutation(m)[:k].tolist()
+        else:
+            shown, _ = _team_draft_by_coins(a.tolist(), b.tolist(), k, rng)
+        counts[shown, np.arange(k)] += 1
+    freq = counts / runs
+    np.testing.assert_allclose(freq.sum(axis=0), 1.0)
+    for _ in range(200):
+        shown, teams, marginal, conditional = policy.team_draft(a, b, k, eps, rng)
+        seen[tuple(shown)] = marginal
+        se = np.sqrt(marginal * (1 - marginal) / runs)
+        assert np.all(np.abs(freq[shown, np.arange(k)] - marginal) <= 5 * se + 1e-12)
+        assert np.all((conditional > 0) & (conditional <= 1 + 1e-12))
+        if teams[0] >= 0:  # each slot is its team's best item not shown above it; teams stay balanced
+            for s, t in enumerate(teams):
+                ranking = (a if t == 0 else b).tolist()
+                assert shown[s] == next(i for i in ranking if i not in shown[:s])
+                assert abs(list(teams[: s + 1]).count(0) - list(teams[: s + 1]).count(1)) <= 1
+        else:
+            assert np.all(teams == -1)
+    assert len(seen) > 3
+    with pytest.raises(ValueError, match="at most"):
+        policy.team_draft(np.arange(40), np.arange(40), 20, 0.0, rng)
