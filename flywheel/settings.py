@@ -194,6 +194,36 @@ class PolicySettings(_Model):
     epsilon: float = Field(ge=0, le=1)  # share of lists drawn uniformly at random instead (exploration)
 
 
+class ExperimentSettings(_Model):
+    """Online champion/challenger: the previous champion keeps a share of traffic after a promotion."""
+
+    mode: Literal["off", "split", "interleave"]  # split: users by hash; interleave: team draft in every list
+    previous_share: float = Field(ge=0, le=1)  # split: the share of users the previous champion serves
+
+
+class ServingSettings(_Model):
+    """`flywheel serve`: the ranking service (flywheel/serving)."""
+
+    host: str
+    port: int
+    workers: int = Field(ge=1)  # processes behind the port: Python ranks on about one core per process
+    token: SecretStr | None = None  # bearer token every request but /healthz needs; from the environment
+    max_candidates: int = Field(ge=1)
+    max_k: int = Field(ge=1)
+    reload_interval_s: float = Field(gt=0)  # how often the registry's aliases are checked for a new champion
+    catalog_refresh_s: float = Field(gt=0)  # how often item metadata (category) is re-read
+    log_queue: int = Field(ge=1)  # served lists waiting for Kafka; beyond it they go to the dead-letter file
+    unknown_users: Literal["serve", "reject"]  # serve: cold start from the missing-feature indicators
+    experiment: ExperimentSettings
+
+    def require_token(self) -> str:
+        if self.token is None:
+            raise ValueError(
+                "no serving token: export FLYWHEEL_SERVING__TOKEN, or run `flywheel infra up` to generate one"
+            )
+        return self.token.get_secret_value()
+
+
 class OpeSettings(_Model):
     candidates: int  # the most frequent items of the evaluation window form the policy's choice set
     rows: int  # evaluation rows sampled for OPE (each is scored against every candidate)
@@ -243,6 +273,7 @@ class Settings(_Model):
     validation: ValidationSettings
     training: TrainingSettings
     policy: PolicySettings
+    serving: ServingSettings
 
     def model_post_init(self, __context: Any) -> None:
         if not self.var_dir.is_absolute():

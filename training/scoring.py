@@ -38,12 +38,21 @@ def item_categories(cfg: Settings, items: list[str]) -> dict[str, str | None]:
     return dict.fromkeys(items) | dict(rows)
 
 
-def online_rows(cfg: Settings, store, user: str, items: list[str], service: str, at: datetime) -> pa.Table:
-    """One row per candidate with the service's features as Redis holds them, plus missing indicators."""
+def online_rows(
+    cfg: Settings,
+    store,
+    user: str,
+    items: list[str],
+    service: str,
+    at: datetime,
+    categories: dict[str, str | None] | None = None,
+) -> pa.Table:
+    """One row per candidate with the service's features as Redis holds them, plus missing indicators, read
+    through Feast's `get_online_features` (the reference the service's reader is checked against)."""
     from training.trainset import plan as make_plan
 
     p = make_plan(store, service)
-    cats = item_categories(cfg, items)
+    cats = categories if categories is not None else item_categories(cfg, items)
     entity_rows = [{"user_id": user, "item_id": i, "item_category": cats[i] or "", "request_time": at} for i in items]
     online = store.get_online_features(features=store.get_feature_service(service), entity_rows=entity_rows).to_dict()
     n = len(items)

@@ -52,10 +52,33 @@ def score_cmd(
     console.print(t)
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(help="default: serving.host")] = None,
+    port: Annotated[int | None, typer.Option(help="default: serving.port")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes; default: serving.workers")] = None,
+) -> None:
+    """The ranking service: POST /rank (the champion explores, every list is logged to Kafka), /metrics, /healthz."""
+    from flywheel.clients import feast_store
+    from flywheel.serving.app import serve
+    from flywheel.serving.service import check_online_store
+
+    cfg = load_settings()
+    try:
+        cfg.serving.require_token()
+    except ValueError as exc:
+        fail(str(exc))
+    check_online_store(cfg, feast_store.store(cfg))
+    host, port = host or cfg.serving.host, port or cfg.serving.port
+    console.print(f"serving on http://{host}:{port} (POST /rank, GET /metrics with the token; GET /healthz)")
+    serve(cfg, host, port, workers or cfg.serving.workers)
+
+
 class Benchmark(StrEnum):
     trainset = "trainset"
     features = "features"
     drift = "drift"
+    serving = "serving"
 
 
 @app.command("bench")
@@ -64,11 +87,12 @@ def bench_cmd(which: Annotated[Benchmark, typer.Argument()] = Benchmark.trainset
     from benchmarks import drift as bench_drift
     from benchmarks import features as bench_features
     from benchmarks import results
+    from benchmarks import serving as bench_serving
     from benchmarks import trainset as bench_trainset
 
     cfg = load_settings()
     runners = {Benchmark.trainset: bench_trainset.run, Benchmark.features: bench_features.run,
-               Benchmark.drift: bench_drift.run}  # fmt: skip
+               Benchmark.drift: bench_drift.run, Benchmark.serving: bench_serving.run}  # fmt: skip
     figures = runners[which](cfg, log=console.print)
     results.merge(cfg, figures)
     t = Table("key", "value")

@@ -6,7 +6,7 @@ within a partition, and strict: a record that Kafka did not acknowledge raises a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -25,7 +25,16 @@ class InvalidEvent(ValueError):
 
 
 class EventProducer:
-    def __init__(self, kafka: KafkaSettings, topic: str | None = None, validate_events: bool = True, **overrides: Any):
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str | None = None,
+        validate_events: bool = True,
+        on_failure: Callable[[bytes, str], None] | None = None,
+        **overrides: Any,
+    ):
+        """`on_failure(value, reason)` receives each record Kafka did not take (a service dead-letters it
+        there and keeps going); without it, `flush` raises."""
         conf = {
             "bootstrap.servers": kafka.bootstrap_servers,
             "enable.idempotence": True,
@@ -43,9 +52,15 @@ class EventProducer:
         self.validate_events = validate_events
         self.sent = 0
         self.failed: list[str] = []
+        self.delivered = 0
+        self.on_failure = on_failure
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        if err is None:
+            self.delivered += 1
+        elif self.on_failure is not None:
+            self.on_failure(msg.value() or b"", f"{msg.topic()}[{msg.partition()}]: {err}")
+        else:
             self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     def send(self, event: dict[str, Any]) -> None:
@@ -67,6 +82,18 @@ class EventProducer:
         self.sent += 1
         if self.sent % 10_000 == 0:
             self._producer.poll(0)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many records still wait for Kafka."""
+        self._producer.poll(timeout_s)
+        return len(self._producer)
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait up to timeout_s for Kafka, give up on the rest (they fail through `on_failure`), and close."""
+        self._producer.flush(timeout_s)
+        self._producer.purge()
+        self._producer.poll(0.5)
+        self._producer.close()
 
     def send_all(self, events: Iterable[dict[str, Any]]) -> int:
         n = 0

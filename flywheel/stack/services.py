@@ -506,6 +506,7 @@ def ensure_local_secrets(cfg: Settings) -> bool:
     wanted = {
         "FLYWHEEL_REDIS__PASSWORD": None if cfg.redis.password else secrets.token_urlsafe(18),
         "FLYWHEEL_AIRFLOW__PASSWORD": None if cfg.airflow.password else secrets.token_urlsafe(12),
+        "FLYWHEEL_SERVING__TOKEN": None if cfg.serving.token else secrets.token_urlsafe(18),
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
     }

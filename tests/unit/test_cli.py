@@ -32,6 +32,7 @@ BAD = [
     (["bench", "everything"], 2, "'trainset', 'features'"),
     (["score", "--user", "u1", "--items", " , "], 2, "at least one item id"),
     (["trainset", "build"], 1, "run the feature job first"),
+    (["serve"], 1, "FLYWHEEL_SERVING__TOKEN"),
 ]
 
 
@@ -63,6 +64,7 @@ DOWN = [
     (["flink", "stop", "job-1"], {"FLYWHEEL_FLINK__REST_URL": "http://127.0.0.1:1"}, "FLYWHEEL_FLINK__REST_URL"),
     (["events", "count"], {"FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "flywheel infra up -s kafka"),
     (["score", "--user", "u1", "--items", "a,b"], {}, "no champion model yet"),
+    (["serve"], {"FLYWHEEL_SERVING__TOKEN": "t", "FLYWHEEL_REDIS__PORT": "1"}, "flywheel infra up -s redis"),
 ]
 
 

@@ -1,0 +1,1 @@
+"""The ranking service: `flywheel serve` (app), its work without HTTP (service), features, models, exposure."""

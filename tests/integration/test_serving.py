@@ -1,0 +1,379 @@
+"""The ranking service on the real stack: features from Redis (written by Feast's own writer), lists logged
+to Kafka, models from a registry, over HTTP (uvicorn on a free port).
+
+Checked: the service's feature reader equals Feast's `get_online_features`; each served list's logged
+propensities are the serving policy's exact marginals for the model's scores; every list reaches Kafka as
+impressions; bad requests get a 4xx with a reason; a promotion and a rollback under load fail no request;
+with Kafka down the service keeps answering and every impression it could not log is dead-lettered;
+split and interleaved experiments attribute lists and slots to the right model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+import torch
+
+from flywheel import policy
+from flywheel.clients import feast_store
+from flywheel.events.consumer import read_topic
+from flywheel.events.schema import validate
+from flywheel.serving.app import create_app
+from flywheel.serving.catalog import catalog_dir
+from flywheel.serving.exposure import ExposureLog
+from flywheel.serving.features import OnlineFeatures
+from flywheel.serving.service import RankingService, in_previous_share
+from flywheel.settings import Settings
+from training import scoring
+from training.model import ModelConfig, Ranker, to_batch
+from training.registry import ModelVersion, Registry
+from training.trainset import plan as make_plan
+
+pytestmark = pytest.mark.integration
+
+SERVICE = "ranker_v1"
+USERS = [f"srv-u{i}" for i in range(40)]
+ITEMS = [f"srv-i{i}" for i in range(150)]
+CATS = [f"srv-c{i}" for i in range(8)]
+TOKEN = "test-token"
+NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
+AT = int(NOW.timestamp() * 1000)  # requests name the time they are served at: the features' request_time
+
+
+def _frame(view, keys: dict[str, list[str]], rng: np.random.Generator) -> pd.DataFrame:
+    n = len(next(iter(keys.values())))
+    df = pd.DataFrame(keys)
+    for f in view.features:
+        kind = str(f.dtype)
+        if kind == "Int64":
+            df[f.name] = rng.integers(0, 500, n)
+        elif kind == "Float64":
+            df[f.name] = rng.random(n)
+        else:  # UnixTimestamp
+            df[f.name] = [NOW - timedelta(seconds=int(s)) for s in rng.integers(10, 90_000, n)]
+    df["event_timestamp"] = NOW - timedelta(minutes=5)
+    return df
+
+
+@pytest.fixture(scope="module")
+def store(cfg: Settings):
+    """Features for most users, items and (user, category) pairs, through Feast's Python writer; a few
+    entities of each kind have none (their `__missing` indicators must be set)."""
+    feast_store.apply(cfg)
+    fs = feast_store.store(cfg)
+    rng = np.random.default_rng(0)
+    users, items = USERS[:-5], ITEMS[:-10]
+    pairs = [(u, c) for u in users for c in CATS if rng.random() < 0.6]
+    for view in fs.list_feature_views():
+        keys = [e.name for e in view.entity_columns]
+        if keys == ["user_id"]:
+            frame = _frame(view, {"user_id": users}, rng)
+        elif keys == ["item_id"]:
+            frame = _frame(view, {"item_id": items}, rng)
+        else:
+            frame = _frame(view, {"user_id": [u for u, _ in pairs], "item_category": [c for _, c in pairs]}, rng)
+        fs.write_to_online_store(view.name, frame)
+    catalog = catalog_dir(cfg.var_dir)
+    catalog.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table({"item_id": ITEMS, "item_category": [CATS[i % len(CATS)] for i in range(len(ITEMS))]}),
+        catalog / "test-serving.parquet",
+    )
+    yield fs
+    (catalog / "test-serving.parquet").unlink()
+
+
+def _register(reg: Registry, dense: tuple[str, ...], seed: int) -> str:
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(dense=dense, buckets=1009)
+    model = Ranker(mcfg)
+    with torch.no_grad():  # scores far apart: the models' rankings differ clearly
+        for p in model.parameters():
+            p.mul_(3.0)
+    mv = ModelVersion(version="", mode="full", parent_version=None, data_window={}, trainset_sha256="test",
+                      feature_service=SERVICE, feature_service_version="1", model_config=mcfg.as_dict(),
+                      run_key=f"test:{seed}")  # fmt: skip
+    return reg.register(model.state_dict(), mv).version
+
+
+@pytest.fixture(scope="module")
+def models(cfg: Settings, store, tmp_path_factory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("registry")
+    reg = Registry(root)
+    p = make_plan(store, SERVICE)
+    dense = (*p.features, *p.missing_columns)
+    versions = [_register(reg, dense, seed) for seed in (1, 2)]
+    reg.promote(versions[0], ["test"])
+    return root, versions
+
+
+def _settings(cfg: Settings, registry: Path, topic: str, **serving) -> Settings:
+    out = cfg.model_copy(deep=True)
+    out.training.registry_dir = registry
+    out.kafka.topics.events = topic
+    out.serving.reload_interval_s = 0.2
+    for k, v in serving.items():
+        setattr(out.serving, k, v)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(service: RankingService) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _rank(url: str, body: dict, token: str = TOKEN) -> requests.Response:
+    return requests.post(f"{url}/rank", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _impressions(cfg: Settings, topic: str) -> list[dict]:
+    return [json.loads(v) for _, v in read_topic(cfg.kafka, topic)]
+
+
+def test_reader_equals_feasts_get_online_features(cfg, store, models):
+    """Same values, same missing indicators, same model input, for known, partly known and unknown entities."""
+    reader = OnlineFeatures(store, make_plan(store, SERVICE))
+    items = [*ITEMS[:20], *ITEMS[-5:]]
+    cats = [CATS[i % len(CATS)] for i in range(20)] + [CATS[0]] * 5
+    for user in (USERS[0], USERS[-1], "srv-never-seen"):
+        ours = reader.read(user, items, cats, NOW)
+        feast = scoring.online_rows(cfg, store, user, items, SERVICE, NOW, dict(zip(items, cats, strict=True)))
+        assert ours.column_names == feast.column_names
+        for name in ours.column_names:
+            a, b = ours.column(name).to_pylist(), feast.column(name).to_pylist()
+            if pa.types.is_floating(ours.column(name).type):
+                a, b = (np.array([np.nan if x is None else x for x in col], float) for col in (a, b))
+                np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True, err_msg=name)
+            else:
+                assert a == b, name
+        mcfg = ModelConfig(dense=tuple(c for c in ours.column_names if c not in ("user_id", "item_id",
+                           "item_category", "position", "propensity", "request_id", "label_click")))  # fmt: skip
+        ones = np.ones(ours.num_rows)
+        assert torch.equal(to_batch(ours, mcfg, ones).dense, to_batch(feast, mcfg, ones).dense)
+    missing = reader.read(USERS[-1], ITEMS[-2:], [CATS[0]] * 2, NOW)
+    assert all(missing.column("user_stats_1h__missing").to_pylist())
+    assert all(missing.column("item_stats_7d__missing").to_pylist())
+
+
+def test_served_lists_log_exact_propensities_to_kafka(cfg, store, models, topic):
+    root, versions = models
+    service = RankingService(_settings(cfg, root, topic), store=store, seed=1)
+    with running(service) as url:
+        bodies = [
+            {"user_id": USERS[i % 12], "candidates": ITEMS[i : i + 100], "k": 10, "context": {"app": "web"}, "at": AT}
+            for i in range(30)
+        ]
+        answers = [_rank(url, b) for b in bodies]
+        assert all(r.status_code == 200 for r in answers), answers[0].text
+        reader = service._reader(SERVICE)
+        champion = service.models.current.champion
+        for body, r in zip(bodies, answers, strict=True):
+            out = r.json()
+            assert out["policy"] == {"version": versions[0], "kind": "champion"}
+            assert [x["position"] for x in out["items"]] == list(range(1, 11))
+            cats = service.catalog.category(body["candidates"])
+            logits = champion.logits(reader.read(body["user_id"], body["candidates"], cats, NOW))
+            pi = policy.serving_marginals(logits[None], 10, cfg.policy.temperature, cfg.policy.epsilon)[0]
+            np.testing.assert_allclose(pi.sum(axis=0), 1.0, atol=1e-9)
+            index = {item: j for j, item in enumerate(body["candidates"])}
+            got = [x["propensity"] for x in out["items"]]
+            want = [pi[index[x["item_id"]], x["position"] - 1] for x in out["items"]]
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+        deadline = time.monotonic() + 60
+        while service.exposure.logged < 300:
+            assert time.monotonic() < deadline, f"only {service.exposure.logged} of 300 impressions acknowledged"
+            time.sleep(0.2)
+        metrics = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).text
+        assert 'flywheel_serve_requests_total{outcome="ok"} 30.0' in metrics
+        assert f'flywheel_serve_model_info{{version="{versions[0]}"}} 1.0' in metrics
+        assert "flywheel_serve_events_logged 300.0" in metrics and "flywheel_serve_latency_seconds_bucket" in metrics
+    events = _impressions(cfg, topic)
+    assert len(events) == 300 and service.exposure.dead_lettered == 0
+    by_request: dict[str, list[dict]] = {}
+    for e in events:
+        by_request.setdefault(e["request_id"], []).append(e)
+    served = {r.json()["request_id"]: r.json() for r in answers}
+    assert set(by_request) == set(served)
+    for rid, evs in by_request.items():
+        evs.sort(key=lambda e: e["position"])
+        assert [e["item_id"] for e in evs] == [x["item_id"] for x in served[rid]["items"]]
+        assert [e["propensity"] for e in evs] == [x["propensity"] for x in served[rid]["items"]]
+        assert all(validate(e) is None for e in evs)  # the producer skips the check: the service builds them
+        assert all(e["source"] == "service" and e["event_type"] == "impression" for e in evs)
+        assert all(e["context"]["policy"] == versions[0] and e["context"]["app"] == "web" for e in evs)
+        assert all(0 < e["context"]["sequential_propensity"] <= 1 for e in evs)
+        assert evs[0]["context"]["sequential_propensity"] == pytest.approx(evs[0]["propensity"])
+
+
+def test_bad_requests_get_a_reason_and_missing_features_are_served(cfg, store, models, topic):
+    root, _ = models
+    service = RankingService(_settings(cfg, root, topic, max_candidates=120), store=store, seed=2)
+    with running(service) as url:
+        cases = {
+            "unknown item": ({"user_id": USERS[0], "candidates": ["srv-i1", "nope"], "k": 2}, "unknown item"),
+            "empty": ({"user_id": USERS[0], "candidates": [], "k": 2}, "empty"),
+            "oversized": ({"user_id": USERS[0], "candidates": ITEMS[:121], "k": 2}, "max_candidates"),
+            "duplicate": ({"user_id": USERS[0], "candidates": ["srv-i1", "srv-i1"], "k": 2}, "twice"),
+            "k": ({"user_id": USERS[0], "candidates": ITEMS[:5], "k": 0}, "k:"),
+            "extra field": ({"user_id": USERS[0], "candidates": ITEMS[:5], "colour": 1}, "colour"),
+        }
+        for name, (body, words) in cases.items():
+            r = _rank(url, body)
+            assert r.status_code == 422 and words in r.text, (name, r.status_code, r.text)
+        r = requests.post(f"{url}/rank", data=b"{not json", timeout=10,
+                          headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})  # fmt: skip
+        assert r.status_code == 422 and "json" in r.text.lower()
+        assert _rank(url, {"user_id": USERS[0], "candidates": ITEMS[:5]}, token="wrong").status_code == 401
+        assert requests.get(f"{url}/metrics", timeout=10).status_code == 401
+        assert requests.get(f"{url}/healthz", timeout=10).json()["ok"] is True
+        # No features at all (a new user, new items): served from the missing indicators.
+        r = _rank(url, {"user_id": "srv-brand-new", "candidates": ITEMS[-10:], "k": 5})
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+        # Fewer candidates than slots: every candidate once.
+        r = _rank(url, {"user_id": USERS[1], "candidates": ITEMS[:3], "k": 10})
+        assert r.status_code == 200 and sorted(x["item_id"] for x in r.json()["items"]) == sorted(ITEMS[:3])
+    strict = RankingService(_settings(cfg, root, topic, unknown_users="reject"), store=store)
+    strict.catalog.users = frozenset(USERS)
+    with running(strict) as url:
+        strict.catalog.users = frozenset(USERS)  # the test's users stand for the event log's
+        r = _rank(url, {"user_id": "srv-brand-new", "candidates": ITEMS[:5], "k": 2})
+        assert r.status_code == 422 and "unknown_users" in r.text
+
+
+def test_promotion_and_rollback_under_load_fail_no_request(cfg, store, models, topic):
+    root, versions = models
+    reg = Registry(root)
+    service = RankingService(_settings(cfg, root, topic), store=store)
+    stop = threading.Event()
+    seen: list[tuple[float, int, str]] = []
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            r = _rank(url, {"user_id": USERS[i], "candidates": ITEMS[:100], "k": 10})
+            seen.append((time.monotonic(), r.status_code, r.json()["policy"]["version"] if r.ok else r.text))
+
+    with running(service) as url, ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client, i) for i in range(4)]
+        time.sleep(1.5)
+        reg.promote(versions[1], ["test: promotion under load"])
+        promoted = time.monotonic()
+        time.sleep(2.0)
+        reg.rollback(["test: rollback under load"])
+        rolled = time.monotonic()
+        time.sleep(2.0)
+        stop.set()
+        for f in futures:
+            f.result()
+    assert seen and all(code == 200 for _, code, _ in seen), [s for s in seen if s[1] != 200][:3]
+    # Each alias change is served within a second (reload every 0.2 s), and never reverted.
+    late_after_promotion = [v for t, _, v in seen if promoted + 1.0 < t < rolled]
+    late_after_rollback = [v for t, _, v in seen if t > rolled + 1.0]
+    assert late_after_promotion and set(late_after_promotion) == {versions[1]}
+    assert late_after_rollback and set(late_after_rollback) == {versions[0]}
+    assert {v for t, _, v in seen if t < promoted} == {versions[0]}
+    assert service.models.swaps == 3  # start, promotion, rollback
+
+
+def test_serving_goes_on_with_kafka_down_and_nothing_is_lost(cfg, store, models, tmp_path):
+    """A broker nobody listens on: every request is answered, every impression ends in the dead-letter file
+    with the reason once the delivery timeout passes, and the counts reconcile."""
+    root, _ = models
+    down = _settings(cfg, root, "flywheel.events")
+    down.kafka.bootstrap_servers = f"127.0.0.1:{_free_port()}"
+    exposure = ExposureLog(down.kafka, tmp_path / "unlogged.jsonl", capacity=20, delivery_timeout_ms=2000)
+    service = RankingService(down, store=store, exposure=exposure)
+    with running(service) as url:
+        answers = [_rank(url, {"user_id": USERS[i % 5], "candidates": ITEMS[:50], "k": 5}) for i in range(40)]
+        assert all(r.status_code == 200 for r in answers)
+        deadline = time.monotonic() + 60
+        while exposure.dead_lettered < 200:
+            assert time.monotonic() < deadline, f"{exposure.dead_lettered} of 200 dead-lettered"
+            time.sleep(0.2)
+    lines = [json.loads(x) for x in (tmp_path / "unlogged.jsonl").read_text().splitlines()]
+    assert len(lines) == 200 == exposure.queued and exposure.logged == 0 and exposure.depth == 0
+    assert {x["event"]["request_id"] for x in lines} == {r.json()["request_id"] for r in answers}
+    assert all("queue full" in x["reason"] or "timed out" in x["reason"] for x in lines), lines[0]["reason"]
+
+
+def test_split_and_interleaving_attribute_lists_to_models(cfg, store, models, topic):
+    root, versions = models
+    reg = Registry(root)
+    reg.promote(versions[1], ["test: experiment"])  # champion v2, previous v1
+    split = _settings(cfg, root, topic)
+    split.serving.experiment.mode = "split"
+    split.serving.experiment.previous_share = 0.5
+    service = RankingService(split, store=store)
+    with running(service) as url:
+        for user in USERS[:20]:
+            kinds = {_rank(url, {"user_id": user, "candidates": ITEMS[:30], "k": 5}).json()["policy"]["kind"]
+                     for _ in range(2)}  # fmt: skip
+            assert kinds == {"previous" if in_previous_share(user, 0.5) else "champion"}
+    inter = _settings(cfg, root, topic)
+    inter.serving.experiment.mode = "interleave"
+    service = RankingService(inter, store=store, seed=4)
+    rankings = {}
+    with running(service) as url:
+        reader = service._reader(SERVICE)
+        current = service.models.current
+        for i in range(20):
+            body = {"user_id": USERS[i], "candidates": ITEMS[:30], "k": 6, "at": AT}
+            out = _rank(url, body).json()
+            assert out["policy"] == {"version": f"{versions[1]}+{versions[0]}", "kind": "interleaved"}
+            table = reader.read(body["user_id"], body["candidates"], service.catalog.category(body["candidates"]), NOW)
+            rankings[out["request_id"]] = {
+                m.version: [ITEMS[j] for j in np.argsort(-m.logits(table), kind="stable")]
+                for m in (current.champion, current.previous)
+            }
+    reg.rollback(["test: end of experiment"])
+    lists: dict[str, list[dict]] = {}
+    for e in _impressions(cfg, topic):
+        if e["context"]["policy_kind"] == "interleaved":
+            lists.setdefault(e["request_id"], []).append(e)
+    assert set(lists) == set(rankings)
+    teams_seen = set()
+    for rid, evs in lists.items():
+        evs.sort(key=lambda e: e["position"])
+        teams = [e["context"]["team"] for e in evs]
+        teams_seen.update(teams)
+        if teams[0] == "random":  # an exploration list: every slot is the random team's
+            assert set(teams) == {"random"}
+            continue
+        shown = [e["item_id"] for e in evs]
+        for s, team in enumerate(teams):  # each slot is its team's best item not shown above it
+            assert shown[s] == next(i for i in rankings[rid][team] if i not in shown[:s])
+            assert abs(teams[: s + 1].count(versions[0]) - teams[: s + 1].count(versions[1])) <= 1
+    assert set(versions) <= teams_seen
