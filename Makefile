@@ -34,6 +34,7 @@ bench:
 	.venv/bin/flywheel bench drift
 	.venv/bin/flywheel infra up -s kafka,redis
 	.venv/bin/flywheel bench features
+	.venv/bin/flywheel bench serving
 
 lint: setup
 	.venv/bin/ruff check .

@@ -1,0 +1,275 @@
+"""The ranking service's benchmark (`flywheel bench serving`): latency at a fixed request rate and the
+highest rate whose p99 stays under 50 ms, each request 100 candidates and k = 10 with ranker_v1's full
+feature service; plus, in the same run, the feature read alone through Flywheel's reader and through
+Feast's `get_online_features` (the baseline). Figures into var/bench/results.json, chart
+var/bench/serving.png.
+
+Setup: features for USERS users, ITEMS items and their (user, category) pairs written by Feast's own
+writer into the running Redis, the items in a catalog file, an untrained ranker of ranker_v1's shape
+(latency does not depend on the weights) in a throwaway registry; the service runs as `flywheel serve`
+in its own process, logging to a throwaway topic. The load is open loop (requests leave on a fixed
+schedule, latency counts from the scheduled time, so a slow answer delays nobody's clock).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from flywheel.settings import Settings
+
+USERS, ITEMS, CATEGORIES, CANDIDATES, K = 5_000, 2_000, 24, 100, 10
+FIXED_RATE = 200  # requests/s of the latency figures
+P99_LIMIT_MS = 50.0
+DURATION_S = 20.0
+SERVICE = "ranker_v1"
+
+
+def write_features(store, users: list[str], items: list[str], categories: list[str], seed: int) -> None:
+    """Random values of every feature of every view for these entities, through Feast's Python writer."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    now = datetime.now(UTC)
+    pairs = [(u, c) for u in users for c in rng.choice(categories, 6, replace=False)]
+    for view in store.list_feature_views():
+        keys = [e.name for e in view.entity_columns]
+        if keys == ["user_id"]:
+            df = pd.DataFrame({"user_id": users})
+        elif keys == ["item_id"]:
+            df = pd.DataFrame({"item_id": items})
+        else:
+            df = pd.DataFrame({"user_id": [u for u, _ in pairs], "item_category": [c for _, c in pairs]})
+        for f in view.features:
+            kind, n = str(f.dtype), len(df)
+            if kind == "Int64":
+                df[f.name] = rng.integers(0, 500, n)
+            elif kind == "Float64":
+                df[f.name] = rng.random(n)
+            else:
+                df[f.name] = [now - timedelta(seconds=int(s)) for s in rng.integers(10, 90_000, n)]
+        df["event_timestamp"] = now
+        store.write_to_online_store(view.name, df)
+
+
+def register_untrained(registry_dir: Path, store, seed: int) -> str:
+    """An untrained ranker of the feature service's shape, registered and promoted to champion."""
+    import torch
+
+    from training.model import ModelConfig, Ranker
+    from training.registry import ModelVersion, Registry
+    from training.trainset import plan
+
+    p = plan(store, SERVICE)
+    torch.manual_seed(seed)
+    mcfg = ModelConfig(dense=(*p.features, *p.missing_columns))
+    reg = Registry(registry_dir)
+    mv = ModelVersion(version="", mode="full", parent_version=None, data_window={}, trainset_sha256="untrained",
+                      feature_service=SERVICE, feature_service_version=p.version, model_config=mcfg.as_dict(),
+                      run_key=f"untrained:{seed}")  # fmt: skip
+    version = reg.register(Ranker(mcfg).state_dict(), mv).version
+    reg.promote(version, ["benchmark"])
+    return version
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _drained(url: str, token: str, timeout_s: float = 120.0) -> None:
+    """Wait until the previous step's impressions are in Kafka: their logging would compete for the CPU."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
+        depth = next(float(x.split()[1]) for x in text.splitlines() if x.startswith("flywheel_serve_log_queue_depth"))
+        if depth == 0:
+            return
+        time.sleep(0.5)
+
+
+def load(url: str, token: str, bodies: list[dict], rate: float, duration_s: float) -> dict[str, float]:
+    """Open-loop load at `rate` requests/s; latency percentiles (ms) from each request's scheduled time."""
+    import requests
+
+    n = int(rate * duration_s)
+    local = threading.local()
+    latencies = np.full(n, np.nan)
+    errors = 0
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def one(i: int) -> None:
+        nonlocal errors
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {token}"
+        due = start + i / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        r = session.post(f"{url}/rank", json=bodies[i % len(bodies)], timeout=30)
+        latencies[i] = (time.perf_counter() - due) * 1000
+        if r.status_code != 200:
+            with lock:
+                errors += 1
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - start
+    return {
+        "rate": rate,
+        "achieved": n / elapsed,
+        "p50": float(np.nanpercentile(latencies, 50)),
+        "p99": float(np.nanpercentile(latencies, 99)),
+        "errors": errors,
+    }
+
+
+def _feature_reads(cfg: Settings, store, bodies: list[dict], categories: dict[str, str | None]) -> dict[str, float]:
+    """The feature read alone, the same requests, one at a time: Flywheel's reader and Feast's SDK."""
+    from flywheel.serving.features import OnlineFeatures
+    from training import scoring
+    from training.trainset import plan
+
+    reader = OnlineFeatures(store, plan(store, SERVICE))
+    at = datetime.now(UTC)
+    out = {}
+    for name, read in (
+        ("reader", lambda b: reader.read(b["user_id"], b["candidates"], [categories[i] for i in b["candidates"]], at)),
+        ("feast", lambda b: scoring.online_rows(cfg, store, b["user_id"], b["candidates"], SERVICE, at, categories)),
+    ):
+        times = []
+        for b in bodies[:300]:
+            t0 = time.perf_counter()
+            read(b)
+            times.append((time.perf_counter() - t0) * 1000)
+        out[name] = float(np.median(times[20:]))
+    return out
+
+
+def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import requests
+
+    from flywheel.clients import feast_store
+    from flywheel.clients.kafka import ensure_topics
+    from flywheel.serving.catalog import catalog_dir
+
+    feast_store.apply(cfg)
+    store = feast_store.store(cfg)
+    users = [f"bench-u{i}" for i in range(USERS)]
+    items = [f"bench-i{i}" for i in range(ITEMS)]
+    cats = [f"bench-c{i}" for i in range(CATEGORIES)]
+    category: dict[str, str | None] = {item: cats[i % CATEGORIES] for i, item in enumerate(items)}
+    log(f"  writing features for {USERS:,} users and {ITEMS:,} items through Feast ...")
+    write_features(store, users, items, cats, seed=5)
+    catalog = catalog_dir(cfg.var_dir) / "bench-serving.parquet"
+    catalog.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": items, "item_category": [category[i] for i in items]}), catalog)
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    topic = f"flywheel.bench.served-{uuid.uuid4().hex[:6]}"
+    ensure_topics(cfg.kafka, [topic])
+    version = register_untrained(work / "registry", store, seed=1)
+    rng = np.random.default_rng(9)
+    bodies = [{"user_id": users[int(rng.integers(USERS))], "candidates": rng.choice(items, CANDIDATES, replace=False)
+               .tolist(), "k": K} for _ in range(2000)]  # fmt: skip
+    token, port = uuid.uuid4().hex, _free_port()
+    env = {**os.environ, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(work / "registry"), "FLYWHEEL_SERVING__TOKEN": token,
+           "FLYWHEEL_SERVING__PORT": str(port), "FLYWHEEL_KAFKA__TOPICS__EVENTS": topic}  # fmt: skip
+    flywheel = str(Path(sys.executable).parent / "flywheel")
+    errors_log = open(work / "serve.log", "w")  # noqa: SIM115 - open for the service's whole life
+    proc = subprocess.Popen([flywheel, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=errors_log)
+    url = f"http://127.0.0.1:{port}"
+    figures: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).json().get("version") == version:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`flywheel serve` did not come up; see {work / 'serve.log'}")
+            time.sleep(0.5)
+        log("  warm-up ...")
+        load(url, token, bodies, 50, 5)
+        steps = []
+        best = 0.0
+        for rate in (*range(25, 200, 25), *range(200, 1001, 50)):
+            _drained(url, token)
+            r = load(url, token, bodies, rate, DURATION_S / 2)
+            steps.append(r)
+            log(f"  {rate:.0f} req/s: achieved {r['achieved']:.0f}, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")
+            if r["p99"] > P99_LIMIT_MS or r["errors"] or r["achieved"] < 0.95 * rate:
+                break
+            best = rate
+        _drained(url, token)
+        fixed = load(url, token, bodies, FIXED_RATE, DURATION_S)
+        steps.append(fixed)
+        log(f"  {FIXED_RATE} req/s: p50 {fixed['p50']:.1f} ms, p99 {fixed['p99']:.1f} ms, errors {fixed['errors']}")
+        metrics = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        errors_log.close()
+        catalog.unlink(missing_ok=True)
+    reads = _feature_reads(cfg, store, bodies, category)
+    log(f"  feature read alone, median: Flywheel's reader {reads['reader']:.2f} ms, Feast SDK {reads['feast']:.2f} ms")
+    figures = {
+        "serve_p50_ms": round(fixed["p50"], 2),
+        "serve_p99_ms_100_candidates": round(fixed["p99"], 2),
+        "serve_fixed_rate_rps": FIXED_RATE,
+        "serve_max_rps": best,
+        "serve_feature_read_ms_median": round(reads["reader"], 2),
+        "serve_feast_sdk_read_ms_median": round(reads["feast"], 2),
+        "serve_feature_read_speedup_vs_feast_sdk": round(reads["feast"] / reads["reader"], 2),
+        "serve_errors": int(sum(s["errors"] for s in steps)),
+        "serve_workers": cfg.serving.workers,
+    }
+    _chart(steps, cfg.var_dir / "bench" / "serving.png")
+    logged = [line for line in metrics.splitlines() if line.startswith("flywheel_serve_events_")]
+    log("  " + "; ".join(logged))
+    shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def _chart(steps: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(steps, key=lambda s: s["rate"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s["rate"] for s in steps], [s["p50"] for s in steps], "o-", label="p50")
+    ax.plot([s["rate"] for s in steps], [s["p99"] for s in steps], "o-", label="p99")
+    ax.axhline(P99_LIMIT_MS, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("offered load (requests/s, 100 candidates, k = 10)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("flywheel serve: latency against load")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
