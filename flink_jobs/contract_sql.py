@@ -24,11 +24,16 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+# Scalars inside `context` the event log keeps as columns: j_context__<name>.
+CONTEXT_COLUMNS = ("policy", "team")
+
+
 def fields_sql(payload: str = "payload") -> str:
     """The call that parses a record once into the columns the contract reads (flink_jobs/jvm JsonFields):
-    is_object, unknown_field, and has_<field> and j_<field> (the value as text) for each contract field.
-    Use it as `FROM t, LATERAL TABLE(<this>) AS p`."""
-    return f"JSON_FIELDS({payload}, {_lit(','.join(schema()['properties']))})"
+    is_object, unknown_field, and has_<field> and j_<field> (the value as text) for each contract field,
+    and for each of CONTEXT_COLUMNS j_context__<name>. Use it as `FROM t, LATERAL TABLE(<this>) AS p`."""
+    names = [*schema()["properties"], *(f"context.{c}" for c in CONTEXT_COLUMNS)]
+    return f"JSON_FIELDS({payload}, {_lit(','.join(names))})"
 
 
 def reject_reason_sql() -> str:

@@ -138,12 +138,18 @@ def _checked_select() -> str:
         "request_id": "STRING",
         "list_position": "BIGINT",
         "propensity": "DOUBLE",
+        "source": "STRING",
+        "context__policy": "STRING",  # the ranking service's model version and, in an interleaved list, the
+        "context__team": "STRING",  # model a slot came from: what online evaluation groups by
     }
-    # `position` is a reserved word in Flink SQL: the column is list_position.
-    parsed = ",\n  ".join(
-        f"TRY_CAST(j_{f.removeprefix('list_')} AS {t}) AS {f}" if t != "STRING" else f"j_{f} AS {f}"
-        for f, t in fields.items()
-    )
+
+    # `position` is a reserved word in Flink SQL: the column is list_position; context__x is x.
+    def column(f: str, t: str) -> str:
+        if t != "STRING":
+            return f"TRY_CAST(j_{f.removeprefix('list_')} AS {t}) AS {f}"
+        return f"j_{f} AS {f.removeprefix('context__')}"
+
+    parsed = ",\n  ".join(column(f, t) for f, t in fields.items())
     # The payload is parsed once (JSON_FIELDS); the contract and the columns read its columns.
     return f"""SELECT payload, event_time AS event_ts,
   {parsed},
@@ -158,7 +164,7 @@ FROM events_raw, LATERAL TABLE({fields_sql()}) AS p"""
 # state is therefore exactly what is needed and is dropped when the watermark passes, with no TTL (a
 # processing-time TTL would also have expired the sliding windows' state of a key silent for a while).
 CLEAN_SELECT = f"""SELECT event_id, request_id, user_id, item_id, item_category, event_type, list_position, propensity,
-  event_time AS event_ts,
+  source, policy, team, event_time AS event_ts,
   CASE WHEN event_type = 'impression' THEN 1 ELSE 0 END AS is_impression,
   CASE WHEN event_type = 'click' THEN 1 ELSE 0 END AS is_click,
   CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END AS is_purchase,
@@ -393,7 +399,8 @@ def _event_log_sink(opt: JobOptions) -> str:
     """The clean event log, partitioned like the feature views. `position` keeps its contract name here."""
     cols = (
         "event_id STRING, request_id STRING, user_id STRING, item_id STRING, item_category STRING, "
-        "event_type STRING, `position` BIGINT, propensity DOUBLE, event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
+        "event_type STRING, `position` BIGINT, propensity DOUBLE, source STRING, policy STRING, team STRING, "
+        "event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
     )
     return _parquet_table("offline_events", opt.offline_dir / EVENT_LOG, cols, "dt, hr")
 
@@ -496,7 +503,7 @@ def build(cfg: Settings, opt: JobOptions):
     t_env.execute_sql(_event_log_sink(opt))
     stmts.add_insert_sql(
         "INSERT INTO offline_events SELECT event_id, request_id, user_id, item_id, item_category, event_type, "
-        "list_position, propensity, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
+        "list_position, propensity, source, policy, team, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
         "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
     )
 

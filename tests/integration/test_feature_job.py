@@ -104,12 +104,14 @@ def test_feast_sdk_reads_from_redis_what_the_offline_store_holds_last(job):
 def test_event_log_holds_exactly_the_aggregated_events(job):
     cfg, opt, sim = job
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
-    n, distinct, nulls = duckdb.execute(
-        "SELECT count(*), count(DISTINCT event_id), count(*) - count(request_id) FROM read_parquet($f)",
+    n, distinct, nulls, simulated, served = duckdb.execute(
+        "SELECT count(*), count(DISTINCT event_id), count(*) - count(request_id), count(*) FILTER (source = "
+        "'simulator'), count(policy) FROM read_parquet($f)",
         {"f": labels.event_log_files(opt.offline_dir)},
     ).fetchall()[0]
     assert n == distinct == r.aggregated
     assert nulls == 0
+    assert simulated == n and served == 0  # the source is kept; no ranking service served these lists
 
 
 def test_training_set_from_the_job_output_keeps_every_label(job):

@@ -26,6 +26,10 @@ import org.apache.flink.table.types.inference.TypeInference;
  * (its value as text, like JSON_VALUE: a scalar as its text; JSON null, an object or an array as NULL).
  * Use it as {@code FROM t, LATERAL TABLE(JSON_FIELDS(payload, '...')) AS p}. Always one row.
  *
+ * <p>A listed name {@code parent.child} reads a scalar one level inside an object field ({@code
+ * context.policy}); its columns are {@code has_parent__child} and {@code j_parent__child}. Fields inside
+ * an object are never "unknown".
+ *
  * <p>Why: Flink's JSON_VALUE and JSON_EXISTS parse the whole document on every call, and the event
  * contract (flink_jobs/contract_sql.py) needs about forty of them per record. A table function, not a
  * scalar one, because the planner inlines a scalar call into each of its uses; a lateral table is
@@ -34,17 +38,28 @@ import org.apache.flink.table.types.inference.TypeInference;
 public class JsonFields extends TableFunction<RowData> {
     private static final JsonFactory FACTORY = new JsonFactory();
     private transient String listed;
-    private transient Map<String, Integer> index;
+    private transient Map<String, Integer> index; // top-level field -> column index
+    private transient Map<String, Map<String, Integer>> nested; // parent -> child -> column index
+    private transient int count;
 
     public void eval(String json, String fields) {
         if (!fields.equals(listed)) {
             listed = fields;
             index = new HashMap<>();
-            for (String f : fields.split(",")) {
-                index.put(f, index.size());
+            nested = new HashMap<>();
+            String[] names = fields.split(",");
+            for (int i = 0; i < names.length; i++) {
+                int dot = names[i].indexOf('.');
+                if (dot > 0) {
+                    nested.computeIfAbsent(names[i].substring(0, dot), k -> new HashMap<>())
+                            .put(names[i].substring(dot + 1), i);
+                } else {
+                    index.put(names[i], i);
+                }
             }
+            count = names.length;
         }
-        int n = index.size();
+        int n = count;
         GenericRowData row = new GenericRowData(2 + 2 * n);
         boolean object = parse(json, row, n);
         if (!object) {
@@ -70,10 +85,14 @@ public class JsonFields extends TableFunction<RowData> {
             }
             JsonToken t;
             while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
-                Integer i = index.get(p.currentName());
+                String name = p.currentName();
+                Integer i = index.get(name);
                 JsonToken v = p.nextToken();
                 String text = null;
-                if (v == JsonToken.START_OBJECT || v == JsonToken.START_ARRAY) {
+                Map<String, Integer> children = nested.get(name);
+                if (v == JsonToken.START_OBJECT && children != null) {
+                    parseChildren(p, children, row, n);
+                } else if (v == JsonToken.START_OBJECT || v == JsonToken.START_ARRAY) {
                     p.skipChildren();
                 } else if (v != JsonToken.VALUE_NULL) {
                     text = p.getText();
@@ -91,6 +110,25 @@ public class JsonFields extends TableFunction<RowData> {
         }
     }
 
+    /** The scalars of one object (the parser on its START_OBJECT) that are listed as parent.child. */
+    private static void parseChildren(JsonParser p, Map<String, Integer> children, GenericRowData row, int n)
+            throws IOException {
+        while (p.nextToken() == JsonToken.FIELD_NAME) {
+            Integer i = children.get(p.currentName());
+            JsonToken v = p.nextToken();
+            String text = null;
+            if (v == JsonToken.START_OBJECT || v == JsonToken.START_ARRAY) {
+                p.skipChildren();
+            } else if (v != JsonToken.VALUE_NULL) {
+                text = p.getText();
+            }
+            if (i != null) {
+                row.setField(2 + i, true);
+                row.setField(2 + n + i, text == null ? null : StringData.fromString(text));
+            }
+        }
+    }
+
     @Override
     public TypeInference getTypeInference(DataTypeFactory typeFactory) {
         return TypeInference.newBuilder()
@@ -105,10 +143,10 @@ public class JsonFields extends TableFunction<RowData> {
                     columns.add(DataTypes.FIELD("unknown_field", DataTypes.BOOLEAN().notNull()));
                     String[] names = fields.get().split(",");
                     for (String f : names) {
-                        columns.add(DataTypes.FIELD("has_" + f, DataTypes.BOOLEAN().notNull()));
+                        columns.add(DataTypes.FIELD("has_" + f.replace(".", "__"), DataTypes.BOOLEAN().notNull()));
                     }
                     for (String f : names) {
-                        columns.add(DataTypes.FIELD("j_" + f, DataTypes.STRING()));
+                        columns.add(DataTypes.FIELD("j_" + f.replace(".", "__"), DataTypes.STRING()));
                     }
                     DataType row = DataTypes.ROW(columns.toArray(new DataTypes.Field[0])).bridgedTo(RowData.class);
                     return Optional.of(row);
