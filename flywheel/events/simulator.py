@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from flywheel import policy
 
 MS_PER_DAY = 86_400_000
+CLICK_SCALE = 0.12  # P(click) = examination(position) * relevance * CLICK_SCALE
 
 
 class Faults(BaseModel):
@@ -111,7 +112,9 @@ MALFORMED_KINDS = (
 )
 
 
-class _World:
+class World:
+    """Users, items and categories with latent tastes; the logging policy's beliefs; who clicks what."""
+
     def __init__(self, cfg: SimConfig, rng: np.random.Generator):
         d, c = cfg.latent_dim, cfg.categories
         self.cat_latent = rng.normal(size=(c, d)) / np.sqrt(d)
@@ -133,8 +136,31 @@ class _World:
         # After a drift, tastes are remapped: users like what other users liked before.
         self.drift_perm = rng.permutation(cfg.users)
 
+    def click_probability(
+        self, cfg: SimConfig, users: np.ndarray, shown: np.ndarray, t: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For requests by `users` at times `t` (ms) that showed `shown` (rows, slots, slot 1 first): the
+        probability of a click in each slot (examination by position times relevance), the relevance
+        (purchases follow it), and whether each request falls in a drift."""
+        f = cfg.faults
+        k = shown.shape[1]
+        drift_ms = int(f.drift_at.timestamp() * 1000) if f.drift_at else None
+        until_ms = int(f.drift_until.timestamp() * 1000) if f.drift_until else np.iinfo(np.int64).max
+        drifted = (t >= drift_ms) & (t < until_ms) if drift_ms is not None else np.zeros(len(t), bool)
+        eff_user = np.where(drifted & (f.drift_kind == "tastes"), self.drift_perm[users], users)
+        rel = _sigmoid(
+            np.einsum("rd,rkd->rk", self.user_latent[eff_user] * 4.0, self.item_latent[shown])
+            + self.item_quality[shown]
+            - 1.0
+        )
+        exam = (1.0 / np.arange(1, k + 1) ** cfg.examination_eta)[None, :]
+        if f.drift_kind == "layout":
+            flat = (1.0 / np.arange(1, k + 1) ** f.layout_eta)[None, :]
+            exam = np.where(drifted[:, None], flat, exam)
+        return exam * rel * CLICK_SCALE, rel, drifted
 
-def _request_times(cfg: SimConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+
+def request_times(cfg: SimConfig, n: int, rng: np.random.Generator) -> np.ndarray:
     """Request timestamps (ms) with a daily cycle (peak in the evening) and busier weekends."""
     start_ms = int(cfg.start.timestamp() * 1000)
     minutes = int(np.ceil(cfg.days * 1440))
@@ -154,16 +180,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def simulate(cfg: SimConfig) -> SimOutput:
     """Generate exactly cfg.events records, in arrival order."""
     rng = np.random.default_rng(cfg.seed)
-    world = _World(cfg, rng)
+    world = World(cfg, rng)
     f = cfg.faults
     k = cfg.positions
     # Expected records per request: K impressions, ~4% clicks, few purchases, plus faults.
     per_request = k * 1.06 * (1 + f.duplicate_rate + f.malformed_rate)
     n_requests = int(np.ceil(cfg.events / per_request * 1.05)) + 10
-    req_time = _request_times(cfg, n_requests, rng)
+    req_time = request_times(cfg, n_requests, rng)
     req_user = rng.choice(cfg.users, size=n_requests, p=world.user_activity)
-    drift_ms = int(f.drift_at.timestamp() * 1000) if f.drift_at else None
-    until_ms = int(f.drift_until.timestamp() * 1000) if f.drift_until else np.iinfo(np.int64).max
 
     cols: dict[str, list[np.ndarray]] = {
         n: [] for n in ("req", "user", "item", "pos", "prop", "seq", "click", "purchase", "drift")
@@ -178,18 +202,8 @@ def simulate(cfg: SimConfig) -> SimOutput:
         top = policy.sample(score, k, rng)  # slot 1..K
         prop = policy.marginals_of_shown(score, top)  # P(this item at this slot): what per-slot IPS needs
         seq = policy.sequential(score, top)  # P(this item here | the items above it): for cascade estimators
-        drifted = (t >= drift_ms) & (t < until_ms) if drift_ms is not None else np.zeros(len(t), bool)
-        eff_user = np.where(drifted & (f.drift_kind == "tastes"), world.drift_perm[u], u)
-        rel = _sigmoid(
-            np.einsum("rd,rkd->rk", world.user_latent[eff_user] * 4.0, world.item_latent[top])
-            + world.item_quality[top]
-            - 1.0
-        )
-        exam = (1.0 / np.arange(1, k + 1) ** cfg.examination_eta)[None, :]
-        if f.drift_kind == "layout":
-            flat = (1.0 / np.arange(1, k + 1) ** f.layout_eta)[None, :]
-            exam = np.where(drifted[:, None], flat, exam)
-        click = rng.random(top.shape) < exam * rel * 0.12
+        p_click, rel, drifted = world.click_probability(cfg, u, top, t)
+        click = rng.random(top.shape) < p_click
         purchase = click & (rng.random(top.shape) < cfg.purchase_given_click * rel)
         cols["req"].append(np.repeat(np.arange(lo, hi), k))
         cols["user"].append(np.repeat(u, k))
