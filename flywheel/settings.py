@@ -241,6 +241,14 @@ class GateSettings(_Model):
     min_comparison_rows: int  # holdout rows outside the champion's training windows needed to compare at all
 
 
+class OnlineRollbackSettings(_Model):
+    """The online rule of the daily rollback check, on what the service served (training/online.py)."""
+
+    window_days: float = Field(gt=0)  # the served lists of the last window_days of event time are compared
+    min_lists: int = Field(ge=1)  # lists per model needed to judge a split (a tenth of it: decided interleavings)
+    alpha: float = Field(gt=0, lt=1)  # two-sided significance of "the champion is worse"
+
+
 class TrainingSettings(_Model):
     epochs: int
     batch_size: int
@@ -254,6 +262,7 @@ class TrainingSettings(_Model):
     incremental_window_days: int
     registry_dir: Path  # relative to var_dir
     rollback_max_auc_drop: float  # live champion this much worse than previous on fresh data -> roll back
+    online_rollback: OnlineRollbackSettings
     ope: OpeSettings
     gate: GateSettings
 

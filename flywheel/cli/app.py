@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flywheel.cli import data, events, features, flink, infra, registry, train, trainset
+from flywheel.cli import data, events, features, flink, infra, online, registry, train, trainset
 from flywheel.cli._common import FlywheelGroup, configure_logging, console, fail
 from flywheel.settings import load_settings
 
@@ -33,6 +33,7 @@ app.add_typer(flink.app, name="flink")
 app.add_typer(trainset.app, name="trainset")
 app.add_typer(train.app, name="train")
 app.add_typer(registry.app, name="registry")
+app.add_typer(online.app, name="online")
 
 
 @app.command("score")

@@ -6,13 +6,16 @@ import time
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from flywheel.cli._common import console, group, utc_option
-from flywheel.settings import load_settings
+from flywheel.cli._common import console, fail, group, utc_option
+from flywheel.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from flywheel.events.simulator import SimConfig
 
 app = group("Interaction events: real Open Bandit replay and the simulator.")
 
@@ -77,13 +80,21 @@ def simulate_cmd(
     drift_at: Annotated[datetime | None, utc_option("preference drift from this time")] = None,
     drift_until: Annotated[datetime | None, utc_option("and back to normal at this time")] = None,
     corrupt_week_start: Annotated[datetime | None, utc_option("a corrupted week from this time")] = None,
+    closed_loop: Annotated[bool, typer.Option(help="users ask the ranking service for their lists")] = False,
+    service: Annotated[str | None, typer.Option(help="closed loop: the service URL (default: serving)")] = None,
+    requests: Annotated[int, typer.Option(min=1, help="closed loop: requests over --days")] = 10_000,
+    concurrency: Annotated[int, typer.Option(min=1, help="closed loop: requests in flight")] = 4,
 ) -> None:
-    """Generate seeded synthetic traffic with faults, into Kafka or a JSONL file."""
+    """Generate seeded synthetic traffic with faults, into Kafka or a JSONL file; or, with --closed-loop, let
+    the simulator's users react to the lists the ranking service serves."""
     from flywheel.events.producer import write_records
     from flywheel.events.simulator import Faults, SimConfig, simulate
 
     if drift_at and drift_until and drift_until <= drift_at:
         raise typer.BadParameter("--drift-until must be after --drift-at", param_hint="--drift-until")
+    faults = (out_of_order_rate, late_rate, duplicate_rate, malformed_rate, corrupt_week_start)
+    if closed_loop and (out != "kafka" or any(faults)):
+        raise typer.BadParameter("the closed loop writes to Kafka, without record faults", param_hint="--closed-loop")
     cfg = load_settings()
     s = cfg.simulator
     sim = SimConfig(
@@ -105,6 +116,9 @@ def simulate_cmd(
             corrupt_week_start=corrupt_week_start,
         ),
     )
+    if closed_loop:
+        _closed_loop(cfg, sim, service, requests, concurrency, topic)
+        return
     t0 = time.monotonic()
     with console.status("simulating…"):
         result = simulate(sim)
@@ -121,6 +135,42 @@ def simulate_cmd(
         f"{len(result.values)} records to {out} ({gen_s:.1f}s generating, {total_s:.1f}s in all, "
         f"{len(result.values) / total_s:,.0f} records/s)"
     )
+
+
+def _closed_loop(
+    cfg: Settings, sim: SimConfig, service: str | None, requests: int, concurrency: int, topic: str | None
+) -> None:
+    import json
+
+    from tqdm import tqdm
+
+    from flywheel.clients.serving import RankingClient
+    from flywheel.events import closed_loop
+    from flywheel.events.producer import EventProducer
+    from flywheel.serving.catalog import catalog_dir
+
+    try:
+        token = cfg.serving.require_token()
+    except ValueError as exc:
+        fail(str(exc))
+    client = RankingClient(service or f"http://{cfg.serving.host}:{cfg.serving.port}", token)
+    client.health()  # a service that is not there: one line naming the fix, before any work
+    loop = closed_loop.LoopConfig(requests=requests, candidates=100, concurrency=concurrency, k=sim.positions)
+    catalog = catalog_dir(cfg.var_dir) / "closed-loop.parquet"
+    with EventProducer(cfg.kafka, topic) as producer, tqdm(total=requests, unit="req", desc="closed loop") as bar:
+        stats = closed_loop.run(sim, loop, client, producer, catalog, progress=bar.update,
+                                wait_for_catalog=cfg.serving.catalog_refresh_s + 30)  # fmt: skip
+    truth = cfg.var_dir / "online" / "truth.jsonl"
+    truth.parent.mkdir(parents=True, exist_ok=True)
+    with open(truth, "a") as f:
+        for row in stats.rows:
+            f.write(json.dumps(row) + "\n")
+    t = Table("day", "policy", "lists", "clicks", "expected CTR", "random lists' expected CTR")
+    for r in stats.rows:
+        expected, random = r["expected_clicks"] / r["slots"], r["random_expected_clicks"] / r["slots"]
+        t.add_row(str(r["day"]), r["policy"], str(r["requests"]), str(r["clicks"]), f"{expected:.4f}", f"{random:.4f}")
+    console.print(t)
+    console.print(f"{stats.failed} request(s) failed; the world's truth appended to {truth}")
 
 
 @app.command("count")

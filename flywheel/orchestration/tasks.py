@@ -161,6 +161,16 @@ def rollback_check(end: datetime) -> dict:
     return d.as_dict()
 
 
+def online_check(end: datetime) -> dict:
+    """Roll back if the champion's served lists did significantly worse than the previous model's (a split
+    or interleaving experiment) over the window before `end`; the service follows the alias by itself."""
+    from training import online
+
+    out = online.check(load_settings(), end)
+    log.info(f"{out['outcome']}: {'; '.join(out.get('reasons', []))}")
+    return out
+
+
 def ensure_feature_job() -> dict:
     """The Flink feature job runs on the cluster: if not, resume it from its latest savepoint or retained
     checkpoint, or submit it fresh."""

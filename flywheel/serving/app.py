@@ -92,6 +92,7 @@ def create_app(service: RankingService, token: str) -> FastAPI:
             "ok": service.version is not None,
             "version": service.version,
             "catalog_items": len(service.catalog.categories),
+            "catalog_read_at": service.catalog.refreshed_at,
             "log_queue_depth": service.exposure.depth,
         }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from training.labels import connect, event_log_files
@@ -28,10 +29,12 @@ class Catalog:
         self.categories: dict[str, str | None] = {}
         self.users: frozenset[str] = frozenset()
         self.refreshed = 0
+        self.refreshed_at = 0.0  # wall clock (epoch s) of the start of the last refresh
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         """Re-read every source; the new maps replace the old ones whole (readers never see a half)."""
+        started = time.time()
         con = connect()
         categories: dict[str, str | None] = {}
         users: set[str] = set()
@@ -53,6 +56,7 @@ class Catalog:
         with self._lock:
             self.categories, self.users = categories, frozenset(users)
             self.refreshed += 1
+            self.refreshed_at = started
         log.info("catalog: %d items, %d users", len(categories), len(users))
 
     def unknown_items(self, items: list[str]) -> list[str]:

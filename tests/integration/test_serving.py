@@ -160,6 +160,13 @@ def _rank(url: str, body: dict, token: str = TOKEN) -> requests.Response:
     return requests.post(f"{url}/rank", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
+def _all_logged(service: RankingService, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while service.exposure.logged < service.exposure.queued:
+        assert time.monotonic() < deadline, f"{service.exposure.logged} of {service.exposure.queued} impressions logged"
+        time.sleep(0.1)
+
+
 def _impressions(cfg: Settings, topic: str) -> list[dict]:
     return [json.loads(v) for _, v in read_topic(cfg.kafka, topic)]
 
@@ -377,3 +384,98 @@ def test_split_and_interleaving_attribute_lists_to_models(cfg, store, models, to
             assert shown[s] == next(i for i in rankings[rid][team] if i not in shown[:s])
             assert abs(teams[: s + 1].count(versions[0]) - teams[: s + 1].count(versions[1])) <= 1
     assert set(versions) <= teams_seen
+
+
+def test_closed_loop_world_reacts_to_served_lists_and_ips_on_them_is_unbiased(cfg, store, models, topic):
+    """The simulator's users ask the service for lists and click by the world's own model. Every click
+    belongs to a served impression (same request, item, slot, propensity); the online report counts them;
+    and per-slot IPS over the served logs estimates a uniformly random ranking's clicks per list, whose
+    exact value the world knows, within 3 standard errors."""
+    from datetime import datetime as dt
+
+    from flywheel.clients.serving import RankingClient
+    from flywheel.events import closed_loop
+    from flywheel.events.producer import EventProducer
+    from flywheel.events.simulator import SimConfig
+    from training import online
+
+    root, versions = models
+    Registry(root).promote(versions[0], ["test: closed loop"])
+    settings = _settings(cfg, root, topic, catalog_refresh_s=0.5)
+    sim = SimConfig(seed=11, users=300, items=60, categories=8, positions=5, days=1.0, new_items_per_day=0,
+                    start=dt(2026, 3, 2, tzinfo=UTC))  # fmt: skip
+    loop = closed_loop.LoopConfig(requests=600, candidates=20, k=5, concurrency=1)  # one at a time: reproducible
+    service = RankingService(settings, store=store, seed=5)
+    catalog = catalog_dir(cfg.var_dir) / "closed-loop-test.parquet"
+    try:
+        with running(service) as url, EventProducer(cfg.kafka, topic) as producer:
+            stats = closed_loop.run(sim, loop, RankingClient(url, TOKEN), producer, catalog, wait_for_catalog=30)
+            _all_logged(service)
+    finally:
+        catalog.unlink(missing_ok=True)
+    assert stats.failed == 0 and sum(r["requests"] for r in stats.rows) == 600
+    events = [json.loads(v) for _, v in read_topic(cfg.kafka, topic)]
+    imps = {(e["request_id"], e["item_id"]): e for e in events if e["event_type"] == "impression"}
+    clicks = [e for e in events if e["event_type"] == "click"]
+    assert len(imps) == 600 * 5 and len(clicks) == sum(r["clicks"] for r in stats.rows) > 0
+    for c in clicks:
+        shown = imps[(c["request_id"], c["item_id"])]
+        assert (c["position"], c["propensity"]) == (shown["position"], shown["propensity"])
+        assert validate(c) is None and c["event_time"] > shown["event_time"]
+    # Per-slot IPS of a uniformly random list of each request's candidates: weight (1/m) / propensity.
+    clicked = {(c["request_id"], c["item_id"]) for c in clicks}
+    per_list: dict[str, float] = {}
+    for key, e in imps.items():
+        per_list[key[0]] = per_list.get(key[0], 0.0) + (key in clicked) * (1 / loop.candidates) / e["propensity"]
+    values = np.array(list(per_list.values()))
+    estimate, se = values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+    truth = sum(r["random_expected_clicks"] for r in stats.rows) / 600
+    assert abs(estimate - truth) <= 3 * se, (estimate, truth, se)
+    rep = online.report(online.events_table(json.dumps(e).encode() for e in events), catalog_size=60, truth=stats.rows)
+    assert sum(r["impressions"] for r in rep["daily"]) == 3000
+    assert sum(r["clicks"] for r in rep["daily"]) == len(clicks)
+    assert rep["ctr_lift_vs_random"] > 0
+
+
+def test_online_rollback_on_a_scripted_degradation(cfg, store, models, topic):
+    """After a promotion the previous model keeps half the users; the new champion's lists get a third of
+    the clicks they would (a scripted regression no model input shows). The online rule rolls back, and
+    the running service switches back to the previous model by itself."""
+    from datetime import datetime as dt
+
+    from flywheel.clients.serving import RankingClient
+    from flywheel.events import closed_loop
+    from flywheel.events.producer import EventProducer
+    from flywheel.events.simulator import SimConfig
+    from training import online
+
+    root, versions = models
+    reg = Registry(root)
+    if reg.aliases()["champion"] != versions[0]:
+        reg.promote(versions[0], ["test: baseline"])
+    reg.promote(versions[1], ["test: the release that regresses"])
+    settings = _settings(cfg, root, topic, catalog_refresh_s=0.5)
+    settings.serving.experiment.mode = "split"
+    settings.serving.experiment.previous_share = 0.5
+    settings.training.online_rollback.min_lists = 300
+    start = dt(2026, 3, 9, tzinfo=UTC)
+    sim = SimConfig(seed=12, users=400, items=60, categories=8, positions=5, days=1.0, new_items_per_day=0, start=start)
+    loop = closed_loop.LoopConfig(requests=1000, candidates=20, k=5, concurrency=4, degraded={versions[1]: 0.33})
+    service = RankingService(settings, store=store, seed=6)
+    catalog = catalog_dir(cfg.var_dir) / "closed-loop-test.parquet"
+    try:
+        with running(service) as url:
+            with EventProducer(cfg.kafka, topic) as producer:
+                closed_loop.run(sim, loop, RankingClient(url, TOKEN), producer, catalog, wait_for_catalog=30)
+            _all_logged(service)
+            events = online.events_table(v for _, v in read_topic(cfg.kafka, topic))
+            verdict = online.check(settings, start + timedelta(days=1), events)
+            assert verdict["outcome"] == "rolled_back" and verdict["version"] == versions[0], verdict
+            assert reg.aliases() == {"champion": versions[0], "previous": None}
+            time.sleep(1.0)  # the service checks the aliases every 0.2 s
+            kinds = {_rank(url, {"user_id": u, "candidates": ITEMS[:20], "k": 3}).json()["policy"]["version"]
+                     for u in USERS[:10]}  # fmt: skip
+            assert kinds == {versions[0]}
+    finally:
+        catalog.unlink(missing_ok=True)
+    assert reg.audit()[-1]["decision"] == "rolled_back" and "online CTR" in reg.audit()[-1]["reasons"][0]

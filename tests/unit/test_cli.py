@@ -33,6 +33,7 @@ BAD = [
     (["score", "--user", "u1", "--items", " , "], 2, "at least one item id"),
     (["trainset", "build"], 1, "run the feature job first"),
     (["serve"], 1, "FLYWHEEL_SERVING__TOKEN"),
+    (["online", "report"], 1, "run the feature job first"),
 ]
 
 
