@@ -31,8 +31,10 @@ class ExposureLog:
         dead_letter.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=capacity)
         self._file_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # request threads and the logging thread update the counts
         self.queued = 0  # events handed to `log`
         self.dead_lettered = 0
+        self.in_queue = 0  # events in lists still on the queue
         self.waiting_in_producer = 0
         self._next_warning = 0.0
         self.producer = EventProducer(
@@ -45,16 +47,20 @@ class ExposureLog:
     # -- the request side ----------------------------------------------------------------------------
     def log(self, events: list[dict[str, Any]]) -> None:
         """Hand a served list's events over without waiting; a full queue dead-letters them now."""
-        self.queued += len(events)
+        with self._count_lock:
+            self.queued += len(events)
+            self.in_queue += len(events)
         try:
             self._queue.put_nowait(events)
         except queue.Full:
+            with self._count_lock:
+                self.in_queue -= len(events)
             self._write_dead_letter([orjson.dumps(e) for e in events], "log queue full (Kafka too slow or down)")
 
     @property
     def depth(self) -> int:
-        """Events not yet acknowledged or dead-lettered: in the queue (lists) or inside the producer."""
-        return self._queue.qsize() + self.waiting_in_producer
+        """Events not yet acknowledged or dead-lettered: on the queue or inside the producer."""
+        return self.in_queue + self.waiting_in_producer
 
     @property
     def logged(self) -> int:
@@ -72,7 +78,9 @@ class ExposureLog:
                 break
             for event in events:
                 self.producer.send(event)
-            self.waiting_in_producer = self.producer.poll(0)
+            self.waiting_in_producer = self.producer.poll(0)  # before the queue count drops: depth never dips
+            with self._count_lock:
+                self.in_queue -= len(events)
         self.producer.poll(0)
 
     def _kafka_failed(self, value: bytes, reason: str) -> None:
@@ -82,7 +90,8 @@ class ExposureLog:
         with self._file_lock, open(self.dead_letter, "ab") as f:
             for v in values:
                 f.write(orjson.dumps({"reason": reason, "event": orjson.Fragment(v)}) + b"\n")
-            self.dead_lettered += len(values)
+            with self._count_lock:
+                self.dead_lettered += len(values)
             if time.monotonic() >= self._next_warning:  # one line per few seconds, not one per event
                 self._next_warning = time.monotonic() + 5.0
                 log.warning("%d served event(s) so far not logged to Kafka (last: %s); kept in %s",
