@@ -50,8 +50,11 @@ def sequential(logits: np.ndarray, shown: np.ndarray) -> np.ndarray:
     """(rows, k) probability of each shown item given the items above it (what the draw used)."""
     w = _weights(logits)
     chosen = np.take_along_axis(w, shown, axis=1)
-    above = np.cumsum(chosen, axis=1) - chosen
-    return chosen / np.maximum(1.0 - above, 1e-300)
+    rest = w.copy()
+    np.put_along_axis(rest, shown, 0.0, axis=1)
+    # What is left before each slot, summed rather than 1 - taken: exact when the shown items are light.
+    left = rest.sum(axis=1, keepdims=True) + np.cumsum(chosen[:, ::-1], axis=1)[:, ::-1]
+    return chosen / np.maximum(left, 1e-300)
 
 
 def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -263,11 +266,7 @@ def draw(
     z = np.asarray(logits, dtype=np.float64)[None, :] / temperature
     shown = rng.permutation(m)[:k][None, :] if rng.random() < epsilon else sample(z, k, rng)
     marginal = (1 - epsilon) * marginals_of_shown(z, shown)[0] + epsilon / m
-    w = _weights(z)[0]
-    chosen = w[shown[0]]
-    # What is left before each slot, summed rather than 1 - taken: exact when the shown items are light.
-    left = np.delete(w, shown[0]).sum() + np.cumsum(chosen[::-1])[::-1]
-    pl_prefix = np.concatenate([[1.0], np.cumprod(chosen / left)])
+    pl_prefix = np.concatenate([[1.0], np.cumprod(sequential(z, shown)[0])])
     return shown[0], marginal, _mixture(pl_prefix, m, epsilon)
 
 

@@ -58,9 +58,6 @@ class LoopStats:
     rows: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
 
-    def table(self) -> pa.Table:
-        return pa.Table.from_pylist(self.rows)
-
 
 def item_id(j: int) -> str:
     return f"i{j}"
