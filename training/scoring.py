@@ -20,22 +20,12 @@ from training.train import predict
 
 
 def item_categories(cfg: Settings, items: list[str]) -> dict[str, str | None]:
-    """An item's latest category from the event log (the request only names the item)."""
-    from training.labels import connect, event_log_files
+    """An item's category as the ranking service knows it (the request only names the item)."""
+    from flywheel.serving.catalog import Catalog
 
-    files = event_log_files(cfg.offline_dir)
-    if not files:
-        return dict.fromkeys(items)
-    rows = (
-        connect()
-        .execute(
-            "SELECT item_id, arg_max(item_category, event_timestamp) FROM read_parquet($f) "
-            "WHERE list_contains($items, item_id) GROUP BY item_id",
-            {"f": files, "items": items},
-        )
-        .fetchall()
-    )
-    return dict.fromkeys(items) | dict(rows)
+    catalog = Catalog(cfg.offline_dir, cfg.var_dir)
+    catalog.refresh()
+    return dict(zip(items, catalog.category(items), strict=True))
 
 
 def online_rows(
