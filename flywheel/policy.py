@@ -28,13 +28,18 @@ _T_LOW = 1e-10  # what is left below it is at most w_i * _T_LOW
 _TAIL = 30.0  # the integrand has decayed like exp(-_TAIL) once the (k+1)-th heaviest item has surely arrived
 
 
+_NEGLIGIBLE = 600.0
+
+
 def _weights(logits: np.ndarray) -> np.ndarray:
-    """Row-normalised PL weights; -inf logits (unavailable items) get weight 0."""
+    """Row-normalised PL weights; -inf logits (unavailable items) get weight 0. An item more than _NEGLIGIBLE
+    below the best gets e^-600, not a subnormal or 0: its reciprocal sizes the integration grid, and a list
+    with fewer likelier items than slots must still fill its slots with probability 1."""
     z = np.asarray(logits, dtype=np.float64)
     top = np.max(np.where(np.isfinite(z), z, -np.inf), axis=1, keepdims=True)
     if not np.all(np.isfinite(top)):
         raise ValueError("every row needs at least one candidate with a finite logit")
-    w = np.where(np.isfinite(z), np.exp(z - top), 0.0)
+    w = np.where(np.isfinite(z), np.exp(np.maximum(z - top, -_NEGLIGIBLE)), 0.0)
     return w / w.sum(axis=1, keepdims=True)
 
 

@@ -146,3 +146,22 @@ def test_team_draft_propensities_and_attribution_match_an_independent_draft():
     assert len(seen) > 3
     with pytest.raises(ValueError, match="at most"):
         policy.team_draft(np.arange(40), np.arange(40), 20, 0.0, rng)
+
+
+def test_logits_far_apart_give_finite_exact_propensities():
+    """A served model can put candidates hundreds of logits apart (after dividing by the temperature). The
+    propensities stay finite and exact: a far item in the first three slots got there only by a random list
+    (epsilon / m); the fourth slot, with three likely items, goes to a far one with probability 1 - epsilon."""
+    rng = np.random.default_rng(8)
+    logits = np.array([0.0, -1.0, -900.0, -2000.0, -5.0, -1e6])
+    far = [2, 3, 5]
+    for epsilon in (0.0, 0.5, 1.0):
+        for _ in range(30):
+            shown, marginal, conditional = policy.draw(logits, 4, 0.25, epsilon, rng)
+            assert np.all(np.isfinite(marginal)) and np.all(np.isfinite(conditional))
+            assert np.all((marginal > 0) & (marginal <= 1 + 1e-12))
+            early = np.isin(shown[:3], far)
+            np.testing.assert_allclose(marginal[:3][early], epsilon / 6, atol=1e-12)
+        at = policy.serving_marginals(logits[None], 4, 0.25, epsilon)[0]
+        np.testing.assert_allclose(at.sum(axis=0), 1.0, atol=1e-9)
+        np.testing.assert_allclose(at[far, 3].sum(), (1 - epsilon) + epsilon * 3 / 6, atol=1e-9)
