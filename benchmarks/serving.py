@@ -38,13 +38,22 @@ DURATION_S = 20.0
 SERVICE = "ranker_v1"
 
 
-def write_features(store, users: list[str], items: list[str], categories: list[str], seed: int) -> None:
-    """Random values of every feature of every view for these entities, through Feast's Python writer."""
+def write_features(
+    store,
+    users: list[str],
+    items: list[str],
+    categories: list[str],
+    seed: int,
+    at: datetime | None = None,
+    categories_per_user: int = 6,
+) -> None:
+    """Random values of every feature of every view for these entities (stamped `at`, default now), through
+    Feast's Python writer."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    now = datetime.now(UTC)
-    pairs = [(u, c) for u in users for c in rng.choice(categories, 6, replace=False)]
+    now = at or datetime.now(UTC)
+    pairs = [(u, c) for u in users for c in rng.choice(categories, categories_per_user, replace=False)]
     for view in store.list_feature_views():
         keys = [e.name for e in view.entity_columns]
         if keys == ["user_id"]:
@@ -65,8 +74,9 @@ def write_features(store, users: list[str], items: list[str], categories: list[s
         store.write_to_online_store(view.name, df)
 
 
-def register_untrained(registry_dir: Path, store, seed: int) -> str:
-    """An untrained ranker of the feature service's shape, registered and promoted to champion."""
+def register_untrained(registry_dir: Path, store, seed: int, promote: bool = True, scale: float = 1.0) -> str:
+    """An untrained ranker of the feature service's shape (weights times `scale`: larger spreads its scores),
+    registered and, with `promote`, made champion."""
     import torch
 
     from training.model import ModelConfig, Ranker
@@ -77,11 +87,16 @@ def register_untrained(registry_dir: Path, store, seed: int) -> str:
     torch.manual_seed(seed)
     mcfg = ModelConfig(dense=(*p.features, *p.missing_columns))
     reg = Registry(registry_dir)
+    model = Ranker(mcfg)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.mul_(scale)
     mv = ModelVersion(version="", mode="full", parent_version=None, data_window={}, trainset_sha256="untrained",
                       feature_service=SERVICE, feature_service_version=p.version, model_config=mcfg.as_dict(),
                       run_key=f"untrained:{seed}")  # fmt: skip
-    version = reg.register(Ranker(mcfg).state_dict(), mv).version
-    reg.promote(version, ["benchmark"])
+    version = reg.register(model.state_dict(), mv).version
+    if promote:
+        reg.promote(version, ["benchmark"])
     return version
 
 

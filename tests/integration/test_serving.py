@@ -20,13 +20,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
 import torch
 
+from benchmarks.serving import register_untrained, write_features
 from flywheel import policy
 from flywheel.clients import feast_store
 from flywheel.events.consumer import read_topic
@@ -38,8 +38,8 @@ from flywheel.serving.features import OnlineFeatures
 from flywheel.serving.service import RankingService, in_previous_share
 from flywheel.settings import Settings
 from training import scoring
-from training.model import ModelConfig, Ranker, to_batch
-from training.registry import ModelVersion, Registry
+from training.model import ModelConfig, to_batch
+from training.registry import Registry
 from training.trainset import plan as make_plan
 
 pytestmark = pytest.mark.integration
@@ -53,39 +53,13 @@ NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
 AT = int(NOW.timestamp() * 1000)  # requests name the time they are served at: the features' request_time
 
 
-def _frame(view, keys: dict[str, list[str]], rng: np.random.Generator) -> pd.DataFrame:
-    n = len(next(iter(keys.values())))
-    df = pd.DataFrame(keys)
-    for f in view.features:
-        kind = str(f.dtype)
-        if kind == "Int64":
-            df[f.name] = rng.integers(0, 500, n)
-        elif kind == "Float64":
-            df[f.name] = rng.random(n)
-        else:  # UnixTimestamp
-            df[f.name] = [NOW - timedelta(seconds=int(s)) for s in rng.integers(10, 90_000, n)]
-    df["event_timestamp"] = NOW - timedelta(minutes=5)
-    return df
-
-
 @pytest.fixture(scope="module")
 def store(cfg: Settings):
     """Features for most users, items and (user, category) pairs, through Feast's Python writer; a few
     entities of each kind have none (their `__missing` indicators must be set)."""
     feast_store.apply(cfg)
     fs = feast_store.store(cfg)
-    rng = np.random.default_rng(0)
-    users, items = USERS[:-5], ITEMS[:-10]
-    pairs = [(u, c) for u in users for c in CATS if rng.random() < 0.6]
-    for view in fs.list_feature_views():
-        keys = [e.name for e in view.entity_columns]
-        if keys == ["user_id"]:
-            frame = _frame(view, {"user_id": users}, rng)
-        elif keys == ["item_id"]:
-            frame = _frame(view, {"item_id": items}, rng)
-        else:
-            frame = _frame(view, {"user_id": [u for u, _ in pairs], "item_category": [c for _, c in pairs]}, rng)
-        fs.write_to_online_store(view.name, frame)
+    write_features(fs, USERS[:-5], ITEMS[:-10], CATS, seed=0, at=NOW - timedelta(minutes=5), categories_per_user=5)
     catalog = catalog_dir(cfg.var_dir)
     catalog.mkdir(parents=True, exist_ok=True)
     pq.write_table(
@@ -96,27 +70,12 @@ def store(cfg: Settings):
     (catalog / "test-serving.parquet").unlink()
 
 
-def _register(reg: Registry, dense: tuple[str, ...], seed: int) -> str:
-    torch.manual_seed(seed)
-    mcfg = ModelConfig(dense=dense, buckets=1009)
-    model = Ranker(mcfg)
-    with torch.no_grad():  # scores far apart: the models' rankings differ clearly
-        for p in model.parameters():
-            p.mul_(3.0)
-    mv = ModelVersion(version="", mode="full", parent_version=None, data_window={}, trainset_sha256="test",
-                      feature_service=SERVICE, feature_service_version="1", model_config=mcfg.as_dict(),
-                      run_key=f"test:{seed}")  # fmt: skip
-    return reg.register(model.state_dict(), mv).version
-
-
 @pytest.fixture(scope="module")
 def models(cfg: Settings, store, tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("registry")
-    reg = Registry(root)
-    p = make_plan(store, SERVICE)
-    dense = (*p.features, *p.missing_columns)
-    versions = [_register(reg, dense, seed) for seed in (1, 2)]
-    reg.promote(versions[0], ["test"])
+    # Weights scaled up: scores far apart, so the two models' rankings differ clearly.
+    versions = [register_untrained(root, store, seed, promote=False, scale=3.0) for seed in (1, 2)]
+    Registry(root).promote(versions[0], ["test"])
     return root, versions
 
 
