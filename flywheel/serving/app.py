@@ -7,7 +7,10 @@ feature is never an error (the model sees the `__missing` indicators it was trai
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
@@ -24,6 +27,8 @@ from flywheel.serving.service import BadRequest, NotReady, RankingService, Reque
 from flywheel.settings import Settings, load_settings
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
+SAMPLE_INTERVAL_S = 0.5  # how stale the log-queue and model gauges may be
+METRICS_DIR_ENV = "PROMETHEUS_FLYWHEEL_SERVE_DIR"  # not FLYWHEEL_*: settings reject unknown ones
 
 
 class RankBody(BaseModel):
@@ -37,34 +42,70 @@ class RankBody(BaseModel):
 
 
 class Metrics:
+    """The service's Prometheus metrics. Under several uvicorn workers (`serve` sets METRICS_DIR_ENV) each
+    worker writes its values to files there and a scrape, whichever worker answers it, sums them all, so
+    /metrics reports the whole service, not one worker."""
+
     def __init__(self, service: RankingService):
+        # Not PROMETHEUS_MULTIPROC_DIR itself: importing Feast sets that in every process (feast/metrics.py).
+        self.multiprocess_dir = os.environ.get(METRICS_DIR_ENV)
         self.registry = r = CollectorRegistry()
         self.requests = Counter("flywheel_serve_requests", "Rank requests by outcome", ["outcome"], registry=r)
         self.latency = Histogram("flywheel_serve_latency_seconds", "Time to answer a rank request",
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.features = Histogram("flywheel_serve_feature_read_seconds", "Online feature read per request",
                                   buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        model = Gauge("flywheel_serve_model_info", "The champion serving (value 1)", ["version"], registry=r)
-        self._model = model
+        self._model = Gauge("flywheel_serve_model_info", "1 for the champion serving, 0 for earlier ones",
+                            ["version"], registry=r, multiprocess_mode="livemax")  # fmt: skip
         self._shown: str | None = None
+        self._service = service
         exposure = service.exposure
-        for name, doc, fn in (
-            ("flywheel_serve_log_queue_depth", "Impressions waiting for Kafka", lambda: exposure.depth),
-            ("flywheel_serve_events_queued", "Impressions handed to the log", lambda: exposure.queued),
-            ("flywheel_serve_events_logged", "Impressions Kafka acknowledged", lambda: exposure.logged),
-            ("flywheel_serve_events_dead_lettered", "Impressions kept in the dead-letter file",
-             lambda: exposure.dead_lettered),
-            ("flywheel_serve_model_swaps", "Model sets loaded since start", lambda: service.models.swaps),
-        ):  # fmt: skip
-            Gauge(name, doc, registry=r).set_function(fn)
+        # Sampled by a thread rather than read at scrape time: callbacks cannot cross worker processes.
+        self._sampled = [
+            (Gauge(name, doc, registry=r, multiprocess_mode="livesum"), fn)
+            for name, doc, fn in (
+                ("flywheel_serve_log_queue_depth", "Impressions waiting for Kafka", lambda: exposure.depth),
+                ("flywheel_serve_events_queued", "Impressions handed to the log", lambda: exposure.queued),
+                ("flywheel_serve_events_logged", "Impressions Kafka acknowledged", lambda: exposure.logged),
+                ("flywheel_serve_events_dead_lettered", "Impressions kept in the dead-letter file",
+                 lambda: exposure.dead_lettered),
+                ("flywheel_serve_model_swaps", "Model sets loaded since start", lambda: service.models.swaps),
+            )
+        ]  # fmt: skip
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_every, args=(SAMPLE_INTERVAL_S,), daemon=True)
 
-    def model(self, version: str | None) -> None:
+    def sample(self) -> None:
+        for gauge, fn in self._sampled:
+            gauge.set(fn())
+        version = self._service.version
         if version != self._shown:
             if self._shown is not None:
-                self._model.remove(self._shown)
+                self._model.labels(self._shown).set(0)
             if version is not None:
                 self._model.labels(version).set(1)
             self._shown = version
+
+    def _sample_every(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.sample()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.multiprocess_dir:  # this worker's live gauges leave the sums
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+    def exposition(self) -> bytes:
+        self.sample()
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, self.multiprocess_dir)
+        return generate_latest(merged)
 
 
 def create_app(service: RankingService, token: str) -> FastAPI:
@@ -73,9 +114,11 @@ def create_app(service: RankingService, token: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
+        metrics.start()
         try:
             yield
         finally:
+            metrics.stop()
             service.close()
 
     app = FastAPI(title="Flywheel ranking service", docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -91,6 +134,7 @@ def create_app(service: RankingService, token: str) -> FastAPI:
         return {
             "ok": service.version is not None,
             "version": service.version,
+            "worker": os.getpid(),
             "catalog_items": len(service.catalog.categories),
             "catalog_read_at": service.catalog.refreshed_at,
             "log_queue_depth": service.exposure.depth,
@@ -98,8 +142,7 @@ def create_app(service: RankingService, token: str) -> FastAPI:
 
     @app.get("/metrics", dependencies=[Depends(authorized)])
     def prometheus() -> PlainTextResponse:
-        metrics.model(service.version)
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/rank", dependencies=[Depends(authorized)])
     def rank(body: RankBody) -> dict[str, Any]:
@@ -139,5 +182,11 @@ def serve(cfg: Settings, host: str, port: int, workers: int) -> None:
         app = from_settings()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     else:
+        # Each worker's metrics go to files here, summed at scrape time; a fresh directory per start.
+        metrics_dir = cfg.var_dir / "serving" / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        # prometheus_client chooses file-backed values at import, from this variable: the workers are spawned.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV] = str(metrics_dir)
         uvicorn.run("flywheel.serving.app:from_settings", factory=True, host=host, port=port, workers=workers,
                     log_level="warning", access_log=False)  # fmt: skip

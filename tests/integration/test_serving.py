@@ -205,6 +205,56 @@ def test_served_lists_log_exact_propensities_to_kafka(cfg, store, models, topic)
         assert evs[0]["context"]["sequential_propensity"] == pytest.approx(evs[0]["propensity"])
 
 
+def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(cfg, store, models, topic, tmp_path):
+    """`flywheel serve --workers 2`: each scrape, answered by either worker, reports both workers' requests
+    and impressions (Prometheus multiprocess files), and the champion once."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = models
+    port = _free_port()
+    env = {**os.environ, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(root), "FLYWHEEL_SERVING__TOKEN": TOKEN,
+           "FLYWHEEL_KAFKA__TOPICS__EVENTS": topic}  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "serve.log", "w") as errors:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "serve", "--port", str(port),
+                                 "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
+        try:
+            workers: set[int] = set()
+            deadline = time.monotonic() + 120
+            while len(workers) < 2:  # each new connection may land on either worker: wait until both answer
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                try:
+                    health = requests.get(f"{url}/healthz", timeout=5).json()
+                    if health["ok"]:
+                        workers.add(health["worker"])
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.2)
+            bodies = [{"user_id": USERS[i % 30], "candidates": ITEMS[:40], "k": 4, "at": AT} for i in range(40)]
+            with ThreadPoolExecutor(8) as pool:
+                assert [r.status_code for r in pool.map(lambda b: _rank(url, b), bodies)] == [200] * 40
+            deadline = time.monotonic() + 60
+            scraped: list[str] = []
+            while len(scraped) < 6:  # fresh connections: scrapes of both workers
+                assert time.monotonic() < deadline, scraped[-1:]
+                text = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).text
+                if "flywheel_serve_events_logged 160.0" in text:
+                    scraped.append(text)
+                time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    champion = Registry(root).alias("champion").version
+    for text in scraped:
+        assert 'flywheel_serve_requests_total{outcome="ok"} 40.0' in text
+        assert "flywheel_serve_latency_seconds_count 40.0" in text
+        assert "flywheel_serve_log_queue_depth 0.0" in text
+        assert f'flywheel_serve_model_info{{version="{champion}"}} 1.0' in text
+    assert len(_impressions(cfg, topic)) == 160
+
+
 def test_bad_requests_get_a_reason_and_missing_features_are_served(cfg, store, models, topic):
     root, _ = models
     service = RankingService(_settings(cfg, root, topic, max_candidates=120), store=store, seed=2)
