@@ -395,11 +395,21 @@ def test_split_and_interleaving_attribute_lists_to_models(cfg, store, models, to
     assert set(versions) <= teams_seen
 
 
+LISTS = 1500
+
+
 def test_closed_loop_world_reacts_to_served_lists_and_ips_on_them_is_unbiased(cfg, store, models, topic):
     """The simulator's users ask the service for lists and click by the world's own model. Every click
     belongs to a served impression (same request, item, slot, propensity); the online report counts them;
     and per-slot IPS over the served logs estimates a uniformly random ranking's clicks per list, whose
-    exact value the world knows, within 3 standard errors."""
+    exact value the world knows, within 4 standard errors.
+
+    The world's clicks are skewed (a few user-item pairs are very relevant), so the IPS estimate is too: with
+    the default greedy policy (temperature 0.25, epsilon 0.05) over 600 lists, 12% of simulated runs fell
+    outside 3 SE. This test serves a more exploring policy over 1,500 lists: in 300 offline runs of the
+    same world (random scores), none fell outside 4 SE (one outside 3). This checks the loop end to end,
+    not the propensities' exact values (the test above does): logging the sequential conditional instead
+    of the marginal moves the estimate by about 1 SE here."""
     from datetime import datetime as dt
 
     from flywheel.clients.serving import RankingClient
@@ -411,9 +421,10 @@ def test_closed_loop_world_reacts_to_served_lists_and_ips_on_them_is_unbiased(cf
     root, versions = models
     Registry(root).promote(versions[0], ["test: closed loop"])
     settings = _settings(cfg, root, topic, catalog_refresh_s=0.5)
+    settings.policy.temperature, settings.policy.epsilon = 1.0, 0.3
     sim = SimConfig(seed=11, users=300, items=60, categories=8, positions=5, days=1.0, new_items_per_day=0,
                     start=dt(2026, 3, 2, tzinfo=UTC))  # fmt: skip
-    loop = closed_loop.LoopConfig(requests=600, candidates=20, k=5, concurrency=1)  # one at a time: reproducible
+    loop = closed_loop.LoopConfig(requests=LISTS, candidates=20, k=5, concurrency=1)  # one at a time: reproducible
     service = RankingService(settings, store=store, seed=5)
     catalog = catalog_dir(cfg.var_dir) / "closed-loop-test.parquet"
     try:
@@ -422,11 +433,11 @@ def test_closed_loop_world_reacts_to_served_lists_and_ips_on_them_is_unbiased(cf
             _all_logged(service)
     finally:
         catalog.unlink(missing_ok=True)
-    assert stats.failed == 0 and sum(r["requests"] for r in stats.rows) == 600
+    assert stats.failed == 0 and sum(r["requests"] for r in stats.rows) == LISTS
     events = [json.loads(v) for _, v in read_topic(cfg.kafka, topic)]
     imps = {(e["request_id"], e["item_id"]): e for e in events if e["event_type"] == "impression"}
     clicks = [e for e in events if e["event_type"] == "click"]
-    assert len(imps) == 600 * 5 and len(clicks) == sum(r["clicks"] for r in stats.rows) > 0
+    assert len(imps) == LISTS * 5 and len(clicks) == sum(r["clicks"] for r in stats.rows) > 0
     for c in clicks:
         shown = imps[(c["request_id"], c["item_id"])]
         assert (c["position"], c["propensity"]) == (shown["position"], shown["propensity"])
@@ -438,10 +449,10 @@ def test_closed_loop_world_reacts_to_served_lists_and_ips_on_them_is_unbiased(cf
         per_list[key[0]] = per_list.get(key[0], 0.0) + (key in clicked) * (1 / loop.candidates) / e["propensity"]
     values = np.array(list(per_list.values()))
     estimate, se = values.mean(), values.std(ddof=1) / np.sqrt(len(values))
-    truth = sum(r["random_expected_clicks"] for r in stats.rows) / 600
-    assert abs(estimate - truth) <= 3 * se, (estimate, truth, se)
+    truth = sum(r["random_expected_clicks"] for r in stats.rows) / LISTS
+    assert abs(estimate - truth) <= 4 * se, (estimate, truth, se)
     rep = online.report(online.events_table(json.dumps(e).encode() for e in events), catalog_size=60, truth=stats.rows)
-    assert sum(r["impressions"] for r in rep["daily"]) == 3000
+    assert sum(r["impressions"] for r in rep["daily"]) == LISTS * 5
     assert sum(r["clicks"] for r in rep["daily"]) == len(clicks)
     assert rep["ctr_lift_vs_random"] > 0
 
