@@ -72,19 +72,21 @@ class Metrics:
                 ("flywheel_serve_model_swaps", "Model sets loaded since start", lambda: service.models.swaps),
             )
         ]  # fmt: skip
+        self._lock = threading.Lock()  # the sampling thread and a scrape both sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_every, args=(SAMPLE_INTERVAL_S,), daemon=True)
 
     def sample(self) -> None:
-        for gauge, fn in self._sampled:
-            gauge.set(fn())
-        version = self._service.version
-        if version != self._shown:
-            if self._shown is not None:
-                self._model.labels(self._shown).set(0)
-            if version is not None:
-                self._model.labels(version).set(1)
-            self._shown = version
+        with self._lock:
+            for gauge, fn in self._sampled:
+                gauge.set(fn())
+            version = self._service.version
+            if version != self._shown:
+                if self._shown is not None:
+                    self._model.labels(self._shown).set(0)
+                if version is not None:
+                    self._model.labels(version).set(1)
+                self._shown = version
 
     def _sample_every(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
