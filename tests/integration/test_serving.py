@@ -222,7 +222,7 @@ def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(
                                  "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
         try:
             workers: set[int] = set()
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240  # two spawned workers import torch and Feast: ~40 s when busy
             while len(workers) < 2:  # each new connection may land on either worker: wait until both answer
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 try:
