@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -184,11 +185,14 @@ def serve(cfg: Settings, host: str, port: int, workers: int) -> None:
         app = from_settings()
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     else:
-        # Each worker's metrics go to files here, summed at scrape time; a fresh directory per start.
-        metrics_dir = cfg.var_dir / "serving" / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
+        # Each worker's metrics go to files in a directory of this start's own (another service may share
+        # var_dir), summed at scrape time.
+        (cfg.var_dir / "serving").mkdir(parents=True, exist_ok=True)
+        metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=cfg.var_dir / "serving")
         # prometheus_client chooses file-backed values at import, from this variable: the workers are spawned.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV] = str(metrics_dir)
-        uvicorn.run("flywheel.serving.app:from_settings", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)  # fmt: skip
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV] = metrics_dir
+        try:
+            uvicorn.run("flywheel.serving.app:from_settings", factory=True, host=host, port=port, workers=workers,
+                        log_level="warning", access_log=False)  # fmt: skip
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

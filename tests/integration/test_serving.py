@@ -246,6 +246,7 @@ def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(
         finally:
             proc.terminate()
             proc.wait(30)
+    assert proc.returncode == 0 and not list((cfg.var_dir / "serving").glob("metrics-*"))  # cleaned up at exit
     champion = Registry(root).alias("champion").version
     for text in scraped:
         assert 'flywheel_serve_requests_total{outcome="ok"} 40.0' in text
