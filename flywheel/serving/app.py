@@ -94,11 +94,13 @@ class Metrics:
             self.sample()
 
     def start(self) -> None:
-        self._thread.start()
+        if self.multiprocess_dir:  # alone, a worker samples at scrape time; summed, every worker must keep up
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self.multiprocess_dir:  # this worker's live gauges leave the sums
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
 
