@@ -143,8 +143,8 @@ def _statistics(col: _Column, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     ra, rb = col.rows[a].sum(), col.rows[b].sum()
     out["present"] = max(0.0, nb / rb - na / ra) if ra and rb else 0.0
     if col.kind == "numeric":
-        if na and nb and col.total is not None:
-            out["mean"] = abs(col.total[a].sum() / na - col.total[b].sum() / nb)
+        if col.total is not None:  # undefined (NaN) for a split that leaves a half without a value
+            out["mean"] = abs(col.total[a].sum() / na - col.total[b].sum() / nb) if na and nb else np.nan
         if col.bins is not None:
             ref = col.bins[b].sum(axis=0)[1:-1]
             out["kl"] = kl_numeric(col.bins[a].sum(axis=0), ref / ref.sum()) if ref.sum() else 0.0
@@ -211,8 +211,10 @@ def calibrate(
     # (a scale estimated from a few dozen blocks is noisy, and an underestimated one fires too often).
     by_name = {c.name: c for c in cols}
     floor = np.array([_independent_rows_scale(by_name[name], kind) for kind, name in keys])
-    norm = np.maximum(np.maximum(samples.mean(axis=1), floor), 1e-12)
-    tau = float(np.quantile((samples / norm[:, None]).max(axis=0), 1 - v.false_alarm_rate))
+    defined = ~np.isnan(samples)
+    mean = np.nansum(samples, axis=1) / np.maximum(defined.sum(axis=1), 1)
+    norm = np.maximum(np.maximum(mean, floor), 1e-12)
+    tau = float(np.quantile(np.nanmax(samples / norm[:, None], axis=0), 1 - v.false_alarm_rate))
     bounds = []
     for (kind, name), c_j in zip(keys, norm, strict=True):
         col = by_name[name]

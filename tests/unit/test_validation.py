@@ -106,3 +106,18 @@ def test_drift_checks_have_power_and_few_false_alarms(cfg):
     rates = {change: harness.alarm_rate(cfg, change, 12, 20_000, seed=i)[0] for i, change in enumerate(harness.CHANGES)}
     assert rates["stationary"] <= 1 / 12, rates
     assert all(rates[c] == 1.0 for c in ("mean_shift_025sd", "category_10pp", "null_5pp")), rates
+
+
+def test_calibration_survives_a_feature_that_some_splits_leave_without_values(cfg):
+    """A sparse feature with values in a few time blocks only: a half-split may leave one half without any,
+    where its mean shift is undefined. Those splits skip that check instead of breaking the calibration,
+    and the check still gets a threshold from the splits where it is defined."""
+    reference = frame(4000, seed=3)
+    sparse = np.full(len(reference), np.nan)
+    sparse[:40] = np.linspace(0.0, 1.0, 40)  # the first 100 minutes only: one 4-hour block of 42
+    reference["user_ctr_1h"] = sparse
+    bounds, info = drift.calibrate(reference, [*FEATURES, "user_ctr_1h"], ["item_category"], 4000,
+                                   cfg.validation.drift)  # fmt: skip
+    assert info["resamples"] == cfg.validation.drift.resamples and np.isfinite(info["tau"])
+    mean = [b for b in bounds if b.kind == "mean" and b.column == "user_ctr_1h"]
+    assert len(mean) == 1 and np.isfinite(mean[0].threshold) and mean[0].threshold > 0
