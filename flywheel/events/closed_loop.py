@@ -57,28 +57,44 @@ class LoopStats:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
+    last_at: int = 0  # the latest request time (epoch ms): where the next events' watermark can get to
 
 
-def item_id(j: int) -> str:
-    return f"i{j}"
+def _start_ms(cfg: SimConfig) -> int:
+    return int(cfg.start.timestamp() * 1000)
 
 
-def user_id(u: int) -> str:
-    return f"u{u}"
+def item_id(cfg: SimConfig, j: int) -> str:
+    return f"{cfg.id_prefix}i{j}"
 
 
-def write_catalog(world: World, cfg: SimConfig, path: Path) -> None:
-    """The world's items and categories, for the service's catalog (it ranks only items it knows)."""
+def user_id(cfg: SimConfig, u: int) -> str:
+    return f"{cfg.id_prefix}u{u}"
+
+
+def write_catalog(world: World, cfg: SimConfig, path: Path) -> float:
+    """The world's items and categories, for the service's catalog (it ranks only items it knows); rewritten
+    only when they changed, so a service that read them already need not read them again. Returns the
+    file's modification time."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = [item_id(j) for j in range(world.n_items)]
+    ids = [item_id(cfg, j) for j in range(world.n_items)]
     table = pa.table({"item_id": ids, "item_category": [f"cat{c}" for c in world.item_cat.tolist()]})
-    tmp = path.with_name(path.name + ".tmp")  # not *.parquet: the service never reads a half-written file
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    if not (path.exists() and pq.read_table(path).equals(table)):
+        tmp = path.with_name(path.name + ".tmp")  # not *.parquet: the service never reads a half-written file
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    return path.stat().st_mtime
 
 
-def requests_of(cfg: SimConfig, loop: LoopConfig, world: World, rng: np.random.Generator) -> Iterator[dict]:
-    """The requests in time order: user, time and candidates."""
+def write_world_catalog(cfg: SimConfig, path: Path) -> float:
+    """`write_catalog` for the world of `cfg` (before the service starts: it reads its catalog at start)."""
+    return write_catalog(World(cfg, np.random.default_rng(cfg.seed)), cfg, path)
+
+
+def requests_of(cfg: SimConfig, loop: LoopConfig, world: World) -> Iterator[dict]:
+    """The requests in time order: user, time and candidates. Drawn from the seed and the start, so the same
+    world run week after week (a later `start`) sees other users, times and candidates each week."""
+    rng = np.random.default_rng([cfg.seed, _start_ms(cfg)])
     times = request_times(cfg, loop.requests, rng)
     users = rng.choice(cfg.users, size=loop.requests, p=world.user_activity)
     for i, (t, u) in enumerate(zip(times.tolist(), users.tolist(), strict=True)):
@@ -97,10 +113,9 @@ def run(
     wait_for_catalog: float = 90.0,
 ) -> LoopStats:
     """Run the requests against the service; outcomes go to `producer`; returns the truth per day and version."""
-    rng = np.random.default_rng(cfg.seed)
-    world = World(cfg, rng)
-    write_catalog(world, cfg, catalog)
-    written = time.time()
+    world = World(cfg, np.random.default_rng(cfg.seed))
+    written = write_catalog(world, cfg, catalog)
+    index = {item_id(cfg, j): j for j in range(world.n_items)}
     deadline = time.monotonic() + wait_for_catalog
     while client.health().get("catalog_read_at", 0.0) <= written:  # the service re-reads its catalog periodically
         if time.monotonic() > deadline:
@@ -109,16 +124,16 @@ def run(
                 f"read {catalog.parent} (the same var_dir)?"
             )
         time.sleep(1.0)
-    start_ms = int(cfg.start.timestamp() * 1000)
+    start_ms = _start_ms(cfg)
     stats = LoopStats()
     cells: dict[tuple[int, str], dict[str, Any]] = {}
     lock = threading.Lock()
 
     def one(req: dict) -> None:
-        r = np.random.default_rng([cfg.seed, req["index"]])  # per request: the same outcome whatever the threads
+        r = np.random.default_rng([cfg.seed, start_ms, req["index"]])  # the same outcome whatever the threads
         cand = req["candidates"]
-        body = {"user_id": user_id(req["user"]), "candidates": [item_id(j) for j in cand.tolist()], "k": loop.k,
-                "at": req["at"]}  # fmt: skip
+        body = {"user_id": user_id(cfg, req["user"]), "candidates": [item_id(cfg, j) for j in cand.tolist()],
+                "k": loop.k, "at": req["at"]}  # fmt: skip
         try:
             out = client.rank(body)
         except Exception as exc:  # counted and logged; the world goes on
@@ -126,7 +141,7 @@ def run(
             with lock:
                 stats.failed += 1
             return
-        shown = np.array([int(x["item_id"][1:]) for x in out["items"]])[None, :]
+        shown = np.array([index[x["item_id"]] for x in out["items"]])[None, :]
         t = np.array([req["at"]])
         users = np.array([req["user"]])
         p_click, rel, _ = world.click_probability(cfg, users, shown, t)
@@ -150,7 +165,7 @@ def run(
                         "event_id": f"{out['request_id']}-{item['position']}-{suffix}",
                         "user_id": body["user_id"],
                         "item_id": item["item_id"],
-                        "item_category": f"cat{int(world.item_cat[int(item['item_id'][1:])])}",
+                        "item_category": f"cat{int(world.item_cat[index[item['item_id']]])}",
                         "event_type": kind,
                         "position": item["position"],
                         "propensity": item["propensity"],
@@ -169,6 +184,7 @@ def run(
                                           "requests": 0, "clicks": 0, "expected_clicks": 0.0,
                                           "random_expected_clicks": 0.0, "slots": 0})  # fmt: skip
             cell["requests"] += 1
+            stats.last_at = max(stats.last_at, req["at"])
             cell["slots"] += shown.shape[1]
             cell["clicks"] += int(click.sum())
             cell["expected_clicks"] += float(p_click.sum())
@@ -176,7 +192,7 @@ def run(
 
     done = 0
     with ThreadPoolExecutor(loop.concurrency) as pool:
-        for _ in pool.map(one, requests_of(cfg, loop, world, rng)):
+        for _ in pool.map(one, requests_of(cfg, loop, world)):
             done += 1
             if done % 200 == 0:
                 progress(200)

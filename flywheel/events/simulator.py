@@ -66,9 +66,11 @@ class SimConfig(BaseModel):
     events: int = 100_000  # exact number of records emitted (valid + duplicates + malformed)
     new_items_per_day: float = 20.0
     latent_dim: int = 8
+    item_quality_sd: float = 0.5  # how much items differ in appeal beyond tastes (what item-level features can learn)
     examination_eta: float = 0.8
     policy_temperature: float = 1.0  # the logging policy is PL(softmax(score / T)): larger T explores more
     purchase_given_click: float = 0.1
+    id_prefix: str = ""  # before every user and item id: worlds that share an online store keep apart
     faults: Faults = Faults()
 
 
@@ -125,7 +127,7 @@ class World:
         self.n_items = cfg.items + n_new
         self.item_cat = rng.integers(0, c, self.n_items)
         self.item_latent = self.cat_latent[self.item_cat] + 0.5 * rng.normal(size=(self.n_items, d)) / np.sqrt(d)
-        self.item_quality = rng.normal(0.0, 0.5, self.n_items)
+        self.item_quality = rng.normal(0.0, cfg.item_quality_sd, self.n_items)
         start_ms = int(cfg.start.timestamp() * 1000)
         birth = np.full(self.n_items, start_ms, dtype=np.int64)
         birth[cfg.items :] = np.sort(rng.integers(start_ms, start_ms + int(cfg.days * MS_PER_DAY), n_new))
@@ -263,14 +265,14 @@ def simulate(cfg: SimConfig) -> SimOutput:
     values: list[bytes] = []
     keys: list[bytes] = []
     for j in range(n):
-        user = f"u{user_l[j]}"
+        user = f"{cfg.id_prefix}u{user_l[j]}"
         request = f"sim{cfg.seed}-{start_s}-{req_l[j]}"
         etype_name = types[etype_l[j]]
         ev = {
             "schema_version": 1,
             "event_id": f"{request}-{pos_l[j]}-{etype_name[0]}",
             "user_id": user,
-            "item_id": f"i{item_l[j]}",
+            "item_id": f"{cfg.id_prefix}i{item_l[j]}",
             "item_category": f"cat{cat_l[j]}",
             "event_type": etype_name,
             "position": pos_l[j],
