@@ -13,11 +13,7 @@ schedule, latency counts from the scheduled time, so a slow answer delays nobody
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -98,12 +94,6 @@ def register_untrained(registry_dir: Path, store, seed: int, promote: bool = Tru
     if promote:
         reg.promote(version, ["benchmark"])
     return version
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _drained(url: str, token: str, timeout_s: float = 120.0) -> None:
@@ -188,6 +178,7 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
     from flywheel.clients import feast_store
     from flywheel.clients.kafka import ensure_topics
     from flywheel.serving.catalog import catalog_dir
+    from flywheel.serving.process import running
 
     feast_store.apply(cfg)
     store = feast_store.store(cfg)
@@ -207,46 +198,29 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
     rng = np.random.default_rng(9)
     bodies = [{"user_id": users[int(rng.integers(USERS))], "candidates": rng.choice(items, CANDIDATES, replace=False)
                .tolist(), "k": K} for _ in range(2000)]  # fmt: skip
-    token, port = uuid.uuid4().hex, _free_port()
-    env = {**os.environ, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(work / "registry"), "FLYWHEEL_SERVING__TOKEN": token,
-           "FLYWHEEL_SERVING__PORT": str(port), "FLYWHEEL_KAFKA__TOPICS__EVENTS": topic}  # fmt: skip
-    flywheel = str(Path(sys.executable).parent / "flywheel")
-    errors_log = open(work / "serve.log", "w")  # noqa: SIM115 - open for the service's whole life
-    proc = subprocess.Popen([flywheel, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=errors_log)
-    url = f"http://127.0.0.1:{port}"
-    figures: dict[str, float] = {}
+    token = uuid.uuid4().hex
+    env = {"FLYWHEEL_TRAINING__REGISTRY_DIR": str(work / "registry"), "FLYWHEEL_SERVING__TOKEN": token,
+           "FLYWHEEL_KAFKA__TOPICS__EVENTS": topic}  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).json().get("version") == version:
+        with running(work / "serve.log", lambda h: h.get("version") == version, env=env) as url:
+            log("  warm-up ...")
+            load(url, token, bodies, 50, 5)
+            steps = []
+            best = 0.0
+            for rate in (*range(25, 200, 25), *range(200, 1001, 50)):
+                _drained(url, token)
+                r = load(url, token, bodies, rate, DURATION_S / 2)
+                steps.append(r)
+                log(f"  {rate:.0f} req/s: achieved {r['achieved']:.0f}, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")
+                if r["p99"] > P99_LIMIT_MS or r["errors"] or r["achieved"] < 0.95 * rate:
                     break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"`flywheel serve` did not come up; see {work / 'serve.log'}")
-            time.sleep(0.5)
-        log("  warm-up ...")
-        load(url, token, bodies, 50, 5)
-        steps = []
-        best = 0.0
-        for rate in (*range(25, 200, 25), *range(200, 1001, 50)):
+                best = rate
             _drained(url, token)
-            r = load(url, token, bodies, rate, DURATION_S / 2)
-            steps.append(r)
-            log(f"  {rate:.0f} req/s: achieved {r['achieved']:.0f}, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")
-            if r["p99"] > P99_LIMIT_MS or r["errors"] or r["achieved"] < 0.95 * rate:
-                break
-            best = rate
-        _drained(url, token)
-        fixed = load(url, token, bodies, FIXED_RATE, DURATION_S)
-        steps.append(fixed)
-        log(f"  {FIXED_RATE} req/s: p50 {fixed['p50']:.1f} ms, p99 {fixed['p99']:.1f} ms, errors {fixed['errors']}")
-        metrics = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
+            fixed = load(url, token, bodies, FIXED_RATE, DURATION_S)
+            steps.append(fixed)
+            log(f"  {FIXED_RATE} req/s: p50 {fixed['p50']:.1f} ms, p99 {fixed['p99']:.1f} ms, errors {fixed['errors']}")
+            metrics = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
     finally:
-        proc.terminate()
-        proc.wait(30)
-        errors_log.close()
         catalog.unlink(missing_ok=True)
     reads = _feature_reads(cfg, store, bodies, category)
     log(f"  feature read alone, median: Flywheel's reader {reads['reader']:.2f} ms, Feast SDK {reads['feast']:.2f} ms")
