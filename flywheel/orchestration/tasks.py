@@ -217,3 +217,24 @@ def backfill_online(start: datetime, end: datetime) -> dict:
     feast_store.store(cfg).materialize(start_date=start, end_date=end)
     log.info(f"materialized {start} .. {end} into the online store")
     return {"start": start.isoformat(), "end": end.isoformat()}
+
+
+def retrain_here(start: datetime, end: datetime, mode: str) -> None:
+    """The retraining DAG's path through these tasks, in this process, for [start, end): what `flywheel bench
+    loop` runs where no Airflow is up. The decision lands in the registry's audit log, as from the DAG."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    key = run_key(mode, end)
+    try:
+        trainset_dir = build_trainset(start, end, mode)
+    except AirflowSkipException as skipped:
+        log.info(str(skipped))
+        return
+    checked = validate(trainset_dir)
+    if not checked["passed"]:
+        record_blocked(trainset_dir, checked["reasons"], key)
+        return
+    version = train(trainset_dir, mode, key)
+    evaluation_report(version)
+    decide(version)
+    rollback_check(end)
