@@ -35,6 +35,7 @@ bench:
 	.venv/bin/flywheel infra up -s kafka,redis
 	.venv/bin/flywheel bench features
 	.venv/bin/flywheel bench serving
+	.venv/bin/flywheel bench loop
 
 lint: setup
 	.venv/bin/ruff check .

@@ -80,6 +80,7 @@ class Benchmark(StrEnum):
     features = "features"
     drift = "drift"
     serving = "serving"
+    loop = "loop"
 
 
 @app.command("bench")
@@ -87,13 +88,15 @@ def bench_cmd(which: Annotated[Benchmark, typer.Argument()] = Benchmark.trainset
     """Run a benchmark (benchmarks/) and merge its figures into var/bench/results.json."""
     from benchmarks import drift as bench_drift
     from benchmarks import features as bench_features
+    from benchmarks import loop as bench_loop
     from benchmarks import results
     from benchmarks import serving as bench_serving
     from benchmarks import trainset as bench_trainset
 
     cfg = load_settings()
     runners = {Benchmark.trainset: bench_trainset.run, Benchmark.features: bench_features.run,
-               Benchmark.drift: bench_drift.run, Benchmark.serving: bench_serving.run}  # fmt: skip
+               Benchmark.drift: bench_drift.run, Benchmark.serving: bench_serving.run,
+               Benchmark.loop: bench_loop.run}  # fmt: skip
     figures = runners[which](cfg, log=console.print)
     results.merge(cfg, figures)
     t = Table("key", "value")
