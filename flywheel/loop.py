@@ -87,7 +87,7 @@ class Week:
     expected_ctr: float = float("nan")  # the world's truth for the lists served
     random_ctr: float = float("nan")  # and for uniformly random lists of the same candidates
     decision: dict[str, Any] | None = None  # of the retrain at the week's end
-    switched_after_s: float | None = None  # how long the service took to serve a promoted model
+    switched_after_s: float | None = None  # at most this long after a promotion, the service served the new model
 
     @property
     def lift(self) -> float:
@@ -176,7 +176,7 @@ def run(
         _serve_weeks(cfg, plan, retrain, start, topics["events"], weeks, truth, say)
     finally:
         job.cancel().result()
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir, since=start.date())
     counts = {"in": r.events_in, "aggregated": r.aggregated, "duplicates": r.duplicates,
               "dead_lettered": r.dead_lettered, "late": r.late, "pending": r.pending}  # fmt: skip
     report = _report(cfg, plan, topics["events"], truth)
@@ -253,8 +253,11 @@ def _serve_weeks(
                     if time.monotonic() - t1 > 60:
                         raise FlywheelError(f"the service still serves {champion} 60 s after {new} became champion")
                     time.sleep(0.2)
-                week.switched_after_s = time.monotonic() - t1
-                say(f"the service switched from {champion} to {new} {week.switched_after_s:.1f}s after the promotion")
+                # An upper bound: the retrain may have returned well after the promotion it recorded.
+                promoted_at = datetime.fromisoformat(week.decision["at"]) if week.decision else datetime.now(UTC)
+                week.switched_after_s = (datetime.now(UTC) - promoted_at).total_seconds()
+                say(f"the service served {new} instead of {champion} at most {week.switched_after_s:.1f}s after "
+                    "the promotion (hot reload)")  # fmt: skip
                 champion = new
 
 
