@@ -1,6 +1,8 @@
-"""`make demo`: the whole loop on real data. Stack up -> Open Bandit logs replayed through Kafka -> Flink
-features in Parquet and Redis -> the weekly retraining DAG on Airflow (GE gates, training, promotion) ->
-a ranked list for one user scored from online features -> where everything is.
+"""`make demo`: the whole loop on real data, then turning. Stack up -> Open Bandit logs replayed through Kafka
+-> Flink features in Parquet and Redis -> the weekly retraining DAG on Airflow (GE gates, training,
+promotion) -> a ranked list for one user scored from online features -> the closed loop on a simulated
+world (the service ranks, the world clicks, the weekly DAG retrains on served traffic, the service picks
+up the promotion) -> where everything is.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import duckdb
 import orjson
@@ -35,7 +38,7 @@ def run(console: Console) -> None:
     # The demo starts from clean topics and outputs so its counts are exact on every run.
     delete_topics(cfg.kafka, [topic, cfg.kafka.topics.dead_letter, cfg.kafka.topics.late])
     ensure_topics(cfg.kafka)
-    for stale in (cfg.offline_dir, cfg.training.registry_dir, cfg.trainset.output_dir):
+    for stale in (cfg.offline_dir, cfg.training.registry_dir, _obd_registry(cfg), cfg.trainset.output_dir):
         shutil.rmtree(stale, ignore_errors=True)
     # And a clean online store: Feast skips writes that are not newer than what Redis holds, so rows of an
     # earlier run (same window ends) would shadow this run's values, renamed features included.
@@ -54,6 +57,7 @@ def run(console: Console) -> None:
     features_stage(cfg, console, last_event_ms=events[-1]["event_time"])
     version = training_stage(cfg, console, first_ms=events[0]["event_time"], last_ms=events[-1]["event_time"])
     scoring_stage(cfg, console, version)
+    loop_stage(cfg, console)
 
     console.rule("where things are")
     console.print(f"  Flink UI     {cfg.flink.rest_url}")
@@ -70,9 +74,8 @@ def run(console: Console) -> None:
     console.print(f"  Data Docs    {data_docs_path(cfg)}")
     console.print(f"  registry     {cfg.training.registry_dir}  (`flywheel registry list`, `flywheel registry audit`)")
     if version:
-        console.print(
-            f"  report       {cfg.training.registry_dir / 'versions' / version}/report.md, curves.png, ope.png"
-        )
+        console.print(f"  report       {_obd_registry(cfg) / 'versions' / version}/report.md, curves.png, ope.png")
+    console.print(f"  the loop     {cfg.var_dir / 'online'}/loop.png, report.json  (`flywheel online report`)")
     console.print(f"  logs         {cfg.var_dir / 'log'}")
     console.print("  stop with    .venv/bin/flywheel infra down")
 
@@ -209,3 +212,48 @@ def scoring_stage(cfg: Settings, console: Console, version: str | None) -> None:
         t.add_row(str(i), item, f"{p:.4f}")
     console.print(f"  user {user}, champion {champion}:")
     console.print(t)
+
+
+def loop_stage(cfg: Settings, console: Console) -> None:
+    """The flywheel turning (flywheel.loop): a bootstrap week, then served weeks, each retrained by the weekly
+    DAG on Airflow; the daily CTR per version against random lists in var/online/loop.png."""
+    from datetime import datetime
+
+    from flywheel import loop
+    from flywheel.clients.airflow import trigger_and_wait
+
+    console.rule("6. the loop turning: a simulated world ranked by `flywheel serve`, retrained on what it served")
+    # A model of the Open Bandit world is no champion in the simulated one (the drift checks rightly block the new
+    # world's data against its training set): the loop starts a registry of its own, the first one is kept.
+    if cfg.training.registry_dir.exists():
+        cfg.training.registry_dir.rename(_obd_registry(cfg))
+        console.print(f"  the Open Bandit models moved to {_obd_registry(cfg)}; this world starts a new registry")
+    plan = loop.LoopPlan()
+
+    def retrain(start: datetime, end: datetime, mode: str) -> None:
+        dag = "retrain_monthly_full" if mode == "full" else "retrain_weekly_incremental"
+        run = trigger_and_wait(cfg, dag, start, end, log=console.print, by="demo-loop")
+        console.print(f"  DAG run {dag}/{run['run_id']}: {run['state']}")
+
+    start = datetime.fromisoformat(cfg.simulator.start.replace("Z", "+00:00"))
+    result = loop.run(cfg, plan, retrain, start, say=lambda m: console.print(f"  {m}"))
+    t = Table("week", "served by (lists)", "CTR", "expected CTR", "random lists", "lift", "retrain at its end")
+    for w in result.weeks:
+        served = ", ".join(f"{v} ({n})" for v, n in w.served_by.items()) or "the simulator's policy"
+        decision = f"{w.decision['decision']} {w.decision['version'] or ''}" if w.decision else "-"
+        rates = ["-"] * 4  # the bootstrap week: the simulator's lists, no truth recorded
+        if w.served_by:
+            rates = [f"{w.ctr:.4f}", f"{w.expected_ctr:.4f}", f"{w.random_ctr:.4f}", f"{w.lift:.2f}x"]
+        t.add_row(str(w.index), served, *rates, decision)
+    console.print(t)
+    r = result.reconciled
+    console.print(
+        f"  reconcile {result.topics['events']}: in {r['in']} = aggregated {r['aggregated']} + duplicates "
+        f"{r['duplicates']} + dead-lettered {r['dead_lettered']} + late {r['late']} + in open windows {r['pending']}"
+    )
+    console.print(f"  served lists' expected CTR over random lists': {result.report['ctr_lift_vs_random']:.2f}x")
+    console.print(f"  chart {cfg.var_dir / 'online' / 'loop.png'}")
+
+
+def _obd_registry(cfg: Settings) -> Path:
+    return cfg.training.registry_dir.with_name(cfg.training.registry_dir.name + "-obd")
