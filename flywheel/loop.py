@@ -1,15 +1,16 @@
 """The flywheel turning on a simulated world: serve, log, featurize, retrain, promote, serve again.
 
     week 0      the simulator's own logging policy (the logs a team starts from) -> Kafka -> the feature job
-                -> retrain -> the first champion of this world
+                -> a full retrain -> the first champion of this world
     weeks 1..N  `flywheel serve` ranks for the world's users (events.closed_loop); it logs its impressions,
                 the world its clicks, to Kafka; the same feature job turns them into features (Parquet and
                 Redis, which the service reads); at each week's end the weekly retrain runs on the served
                 traffic, and a promotion is picked up by the running service before the next week
     then        the online report and `var/online/loop.png`: daily CTR per policy version against random lists
 
-`retrain(start, end)` is the weekly DAG: triggered on Airflow by the demo, or its tasks in this process
-(`tasks.retrain_here`) by the benchmark; either way the decision lands in the registry's audit log.
+`retrain(start, end, mode)` is a retraining DAG (the monthly full one for week 0, then the weekly
+incremental one): triggered on Airflow by the demo, or its tasks in this process (`tasks.retrain_here`)
+by the benchmark and the test; either way the decision lands in the registry's audit log.
 
 The world's clock runs about 10^4 times faster than the wall clock (a week in about a minute), so a
 wall-clock second of jitter between the service's impression log and the world's clicks is hours of event
@@ -239,6 +240,8 @@ def _serve_weeks(
                 stats = closed_loop.run(sim, loop, client, producer, catalog, wait_for_catalog=60)
             week = _summary(w, sim.start, stats)
             truth.extend({**r, "day": r["day"] + 7 * (w - 1)} for r in stats.rows)  # days since week 1
+            if stats.failed:
+                say(f"week {w}: {stats.failed} request(s) failed (see {log_path})")
             say(f"week {w} ({sim.start:%Y-%m-%d}): {sum(week.served_by.values()):,} lists served by "
                 f"{', '.join(f'{v} ({n})' for v, n in week.served_by.items())} in {time.monotonic() - t0:.0f}s; "
                 f"CTR {week.ctr:.4f}; the world's expected CTR {week.expected_ctr:.4f} vs {week.random_ctr:.4f} for "
