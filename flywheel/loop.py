@@ -39,6 +39,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.errors import FlywheelError
+from flywheel.events.closed_loop import LoopStats
 from flywheel.events.simulator import SimConfig
 from flywheel.settings import Settings, load_settings, read_env_file
 
@@ -264,7 +265,7 @@ def _serve_weeks(
                 champion = new
 
 
-def _summary(index: int, start: datetime, stats: Any) -> Week:
+def _summary(index: int, start: datetime, stats: LoopStats) -> Week:
     rows = stats.rows
     slots = sum(r["slots"] for r in rows)
     week = Week(index, start, failed=stats.failed)
