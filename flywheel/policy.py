@@ -181,13 +181,14 @@ def _shown_integral(
     np.put_along_axis(rest, shown, 0.0, axis=1)  # a zero weight never arrives: a neutral factor
     product = rest_product(rest, t, k)
     w_s = np.take_along_axis(w, shown, axis=1)
-    others = np.empty((rows, k, t.shape[1], k))  # P(exactly d others arrived by t), for each shown item
-    for i in range(k):
-        acc = product
-        for j in range(k):
-            if j != i:
-                acc = _mul_arrival(acc, np.exp(-w_s[:, j, None] * t))
-        others[:, i] = acc
+    # P(exactly d others arrived by t), for each shown item i at once: multiply in every shown j, with a
+    # neutral factor (stay = 1) where j is i itself.
+    stay = np.exp(-w_s[:, :, None] * t[:, None, :])  # (rows, k, nodes)
+    others = np.broadcast_to(product[:, None], (rows, k, *product.shape[1:]))
+    for j in range(k):
+        factor = np.broadcast_to(stay[:, None, j], (rows, k, t.shape[1])).copy()
+        factor[:, j] = 1.0
+        others = _mul_arrival(others, factor)
     slot = np.arange(k)
     return np.einsum("rin,rin->ri", _density(w_s, t, quad), others[:, slot, :, slot].transpose(1, 0, 2))
 
@@ -207,9 +208,16 @@ def _shown_fast(w: np.ndarray, shown: np.ndarray) -> np.ndarray:
     """Gauss-Laguerre (sum(w) = 1, so the density times P(others) carries e^{-t}). For the light items not
     shown, prod_j ((1 - q_j) + q_j x) = e^{-sum_j w_j t} exp(sum_m (-1)^{m+1} P_m x^m / m) with
     P_m = sum_j (e^{w_j t} - 1)^m = sum_l c[m, l] t^l S_l and S_l = sum_j w_j^l (Newton's identities)."""
+    nodes, weight = _laguerre()
+    t = np.broadcast_to(nodes, (len(w), len(nodes)))
+    return _shown_integral(w, shown, t, np.broadcast_to(weight, t.shape), _product_fast)
+
+
+@cache
+def _laguerre() -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Laguerre nodes and weights times e^t (the integrands carry their own decay)."""
     t, weight = np.polynomial.laguerre.laggauss(_LAGUERRE_NODES)
-    t = np.broadcast_to(t, (len(w), len(t)))
-    return _shown_integral(w, shown, t, np.broadcast_to(weight * np.exp(t[0]), t.shape), _product_fast)
+    return t, weight * np.exp(t)
 
 
 def _product_fast(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
