@@ -207,6 +207,8 @@ class ServingSettings(_Model):
     host: str
     port: int
     workers: int = Field(ge=1)  # processes behind the port: Python ranks on about one core per process
+    torch_threads: int = Field(ge=1)  # per worker: the workers are the parallelism, more threads only contend
+    feature_cache: bool  # keep item-side features in memory, exact through Redis's invalidation reports
     token: SecretStr | None = None  # bearer token every request but /healthz needs; from the environment
     max_candidates: int = Field(ge=1)
     max_k: int = Field(ge=1)

@@ -6,13 +6,17 @@ issues one pipelined HMGET per entity for exactly the fields the feature service
 field layout, through flywheel.compat.feast), decodes Feast's `Value` protos, runs the service's
 on-demand views through Feast's own transform, and hands the result to `model.as_served`, the
 function training and off-policy evaluation use. `tests/integration/test_serving.py` checks it equals
-`get_online_features` value for value.
+`get_online_features` value for value, cached or not.
+
+The hashes of items (and any entity keyed by the candidate alone) are shared by most requests: the service
+keeps them decoded, with the on-demand outputs computed from them, in a `TrackedCache` that Redis's
+invalidation reports keep exact (`serving.feature_cache`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -21,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from flywheel.compat import feast as feast_private
+from flywheel.serving.feature_cache import TrackedCache
 from training.model import as_served
 from training.trainset import REQUEST_TIME, Plan
 
@@ -40,6 +45,25 @@ class _Entity:
     features: tuple[tuple[str, str], ...]  # (view, feature) in field order
     timestamps: frozenset[str]  # features of type UnixTimestamp (seconds in Feast's Value)
     fields: tuple[bytes, ...]  # the features' hash fields
+    cached: bool  # keyed by the candidate alone: shared by many requests, kept in the TrackedCache
+
+
+@dataclass
+class _Row:
+    """One entity's hash, decoded: what the cache keeps."""
+
+    values: tuple[Any, ...]  # per feature, as `get_online_features` returns it (None when absent)
+    numbers: np.ndarray  # float64 per feature (timestamps as epoch seconds)
+    absent: np.ndarray  # bool per feature
+    present: dict[str, bool]  # per view: Feast counts an entity with none of a view's fields as absent
+    derived: dict[str, float] = field(default_factory=dict)  # on-demand outputs of this entity alone
+
+
+@dataclass(frozen=True)
+class _OnDemand:
+    view: Any  # Feast's OnDemandFeatureView
+    inputs: tuple[str, ...]
+    entity: int | None  # the entity kind all its inputs come from, when it needs nothing of the request
 
 
 def _decode(raw: bytes, is_time: bool) -> Any:
@@ -55,9 +79,12 @@ def _decode(raw: bytes, is_time: bool) -> Any:
 
 
 class OnlineFeatures:
-    """The feature-service columns for (user, candidates), as the ranker was trained to see them."""
+    """The feature-service columns for (user, candidates), as the ranker was trained to see them.
 
-    def __init__(self, store: FeatureStore, plan: Plan):
+    With `cache` on, the hashes of entities keyed by the candidate alone (items, categories) are kept in a
+    `TrackedCache`, which Redis's invalidation reports keep exact; the user's hashes are read every time."""
+
+    def __init__(self, store: FeatureStore, plan: Plan, cache: bool = False):
         self.store = store
         self.plan = plan
         self.client = feast_private.redis_client(store)
@@ -65,7 +92,7 @@ class OnlineFeatures:
         by_keys: dict[tuple[str, ...], list] = {}
         for v in plan.views:
             by_keys.setdefault(v.join_keys, []).append(v)
-        self.entities = []
+        self.entities: list[_Entity] = []
         for keys, views in by_keys.items():
             pairs, times, fields = [], set(), []
             for v in views:
@@ -75,12 +102,30 @@ class OnlineFeatures:
                     fields.append(feast_private.redis_field(online, name))
                     if kind == "TIMESTAMPTZ":
                         times.add(name)
-            self.entities.append(
-                _Entity(keys, tuple(v.name for v in views), tuple(pairs), frozenset(times), tuple(fields))
-            )
+            self.entities.append(_Entity(keys, tuple(v.name for v in views), tuple(pairs), frozenset(times),
+                                         tuple(fields), cached=cache and "user_id" not in keys))  # fmt: skip
         self.timestamps = frozenset().union(*(e.timestamps for e in self.entities))
         self._key = lru_cache(maxsize=200_000)(self._entity_key)
         self._values: dict[tuple[bytes, bool], Any] = {}  # decoded Values: most repeat (small counts, rates)
+        self._column = {name: (i, j) for i, e in enumerate(self.entities) for j, (_, name) in enumerate(e.features)}
+        self.on_demand = [self._plan_on_demand(odfv) for odfv in plan.on_demand]
+        prefixes = [self._prefix(e.join_keys) for e in self.entities if e.cached]
+        self.cache = TrackedCache(self.client, prefixes) if prefixes else None
+
+    def start(self) -> None:
+        """Follow Redis's reports for the cached entities (until then every read goes to Redis)."""
+        if self.cache is not None and not self.cache.start():
+            log.warning("feature cache not following Redis yet (%s): reading every entity", self.cache.state)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def _plan_on_demand(self, odfv: Any) -> _OnDemand:
+        inputs = tuple(f.name for src in odfv.source_feature_view_projections.values() for f in src.features)
+        kinds = {self._column[name][0] for name in inputs}
+        alone = len(kinds) == 1 and not odfv.source_request_sources
+        return _OnDemand(odfv, inputs, kinds.pop() if alone else None)
 
     def _entity_key(self, join_keys: tuple[str, ...], values: tuple[str, ...]) -> bytes:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -88,6 +133,11 @@ class OnlineFeatures:
 
         entity = EntityKey(join_keys=list(join_keys), entity_values=[Value(string_val=x) for x in values])
         return feast_private.redis_key(self.store, entity)
+
+    def _prefix(self, join_keys: tuple[str, ...]) -> bytes:
+        """The bytes every Redis key of this entity kind starts with (up to the first value's length)."""
+        a, b = (self._entity_key(join_keys, (x,) * len(join_keys)) for x in ("a", "bb"))
+        return a[: next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)]
 
     def _value(self, raw: bytes, is_time: bool) -> Any:
         got = self._values.get((raw, is_time), self)
@@ -97,71 +147,114 @@ class OnlineFeatures:
             got = self._values[(raw, is_time)] = _decode(raw, is_time)
         return got
 
+    def _row(self, e: _Entity, reply: list[bytes | None]) -> _Row:
+        values = tuple(None if r is None else self._value(r, name in e.timestamps)
+                       for r, (_, name) in zip(reply, e.features, strict=True))  # fmt: skip
+        numbers = np.array([np.nan if x is None else x.timestamp() if isinstance(x, datetime) else float(x)
+                            for x in values], dtype=np.float64)  # fmt: skip
+        present = {view: any(r is not None for r, (v, _) in zip(reply, e.features, strict=True) if v == view)
+                   for view in e.views}  # fmt: skip
+        return _Row(values, numbers, np.array([x is None for x in values]), present)
+
     def read(self, user: str, items: list[str], categories: list[str | None], at: datetime) -> pa.Table:
         """One row per candidate: the keys, every feature of the service (float64, null when absent), the
         `<view>__missing` indicators, at slot `model.SERVED_AT`: the table `model.to_batch` scores."""
         n = len(items)
         rows = {"user_id": [user] * n, "item_id": items, "item_category": [c or "" for c in categories]}
+        cache = self.cache
+        token = cache.token() if cache is not None else 0
         pipe = self.client.pipeline(transaction=False)
         layout = []
         for e in self.entities:
             keys = list(zip(*(rows[k] for k in e.join_keys), strict=True))
             distinct = list(dict.fromkeys(keys))
-            for k in distinct:
-                pipe.hmget(self._key(e.join_keys, k), e.fields)
+            redis_keys = [self._key(e.join_keys, k) for k in distinct]
+            held = [cache.get(k) for k in redis_keys] if e.cached and cache is not None else [None] * len(distinct)
+            for k, row in zip(redis_keys, held, strict=True):
+                if row is None:
+                    pipe.hmget(k, e.fields)
             position = {k: i for i, k in enumerate(distinct)}
-            layout.append((e, distinct, [position[k] for k in keys]))
-        replies = iter(pipe.execute())
-        values: dict[str, list] = {}  # feature -> value per distinct entity of its kind
-        present: dict[str, list[bool]] = {}  # view -> per distinct entity
-        index: dict[str, list[int]] = {}  # feature or view -> the distinct entity of each row
-        for e, distinct, rows_index in layout:
-            got = [next(replies) for _ in distinct]
-            for j, (_, name) in enumerate(e.features):
-                values[name] = [None if r[j] is None else self._value(r[j], name in e.timestamps) for r in got]
-                index[name] = rows_index
-            for view in e.views:
-                cols = [j for j, (v, _) in enumerate(e.features) if v == view]
-                # As Feast: an entity with none of the view's fields is absent, its features all null.
-                present[view] = [any(r[j] is not None for j in cols) for r in got]
-                index[view] = rows_index
+            layout.append((e, redis_keys, held, np.fromiter((position[k] for k in keys), np.intp, n)))
+        replies = iter(pipe.execute()) if len(pipe) else iter(())
+        got: list[list[_Row]] = []
+        for e, redis_keys, held, _ in layout:
+            rows_of_e = []
+            for k, row in zip(redis_keys, held, strict=True):
+                if row is None:
+                    row = self._row(e, next(replies))
+                    if e.cached and cache is not None:
+                        cache.put(k, row, token)
+                rows_of_e.append(row)
+            got.append(rows_of_e)
+        numbers = [np.stack([r.numbers for r in rs]) for rs in got]
+        absent = [np.stack([r.absent for r in rs]) for rs in got]
         out: dict[str, Any] = {}
         for v in self.requested:
             for name, _ in v.features:
-                idx, col = index[name], values[name]
-                out[name] = pa.array([None if col[i] is None else float(col[i]) for i in idx], pa.float64())
-            out[f"{v.name}__missing"] = [not present[v.name][i] for i in index[v.name]]
-        for odfv in self.plan.on_demand:
-            for name, col in self._on_demand(odfv, values, index, at, n).items():
+                i, j = self._column[name]
+                idx = layout[i][3]
+                out[name] = pa.array(numbers[i][idx, j], pa.float64(), mask=absent[i][idx, j])
+            i = self._column[v.features[0][0]][0]
+            out[f"{v.name}__missing"] = ~np.array([r.present[v.name] for r in got[i]])[layout[i][3]]
+        for od in self.on_demand:
+            if od.entity is not None:
+                cols = self._derived(od, got[od.entity], layout[od.entity][3])
+            else:
+                cols = self._on_demand(od, got, [lay[3] for lay in layout], at, n)
+            for name, col in cols.items():
                 if name in self.plan.features and name not in out:
                     out[name] = col
         keys = pa.table({"user_id": rows["user_id"], "item_id": items, "item_category": categories})
         return as_served(keys, pa.table(out))  # the column order of scoring.online_rows, Feast's own path
 
-    def _on_demand(
-        self, odfv: Any, values: dict[str, list], index: dict[str, list[int]], at: datetime, n: int
-    ) -> dict[str, pa.Array]:
-        """An on-demand view's outputs per row, its transform (Feast's, the one the builder runs) applied once
-        per distinct entity of its inputs: once for the user, once per candidate, not once per row."""
+    def _transform(self, od: _OnDemand, frame: Any) -> dict[str, np.ndarray]:
+        """Feast's transform of the view (the one the training set builder runs), outputs as float64 with
+        NaN where not finite."""
         import pandas as pd
 
-        inputs = [f.name for src in odfv.source_feature_view_projections.values() for f in src.features]
-        kinds = {tuple(index[name]) for name in inputs}
-        if len(kinds) == 1:  # every input is keyed by the same entity
-            rows_index = np.asarray(index[inputs[0]])
-            frame = pd.DataFrame({name: values[name] for name in inputs})
-        else:
-            rows_index = np.arange(n)
-            frame = pd.DataFrame({name: [values[name][i] for i in index[name]] for name in inputs})
-        for req in odfv.source_request_sources.values():
-            for f in req.schema:
-                frame[f.name] = pd.Timestamp(at) if f.name == REQUEST_TIME else None
-        for name in inputs:
+        for name in od.inputs:
             if name in self.timestamps:
                 frame[name] = pd.to_datetime(frame[name], utc=True)
-        result = odfv.feature_transformation.transform(frame)
+        result = od.view.feature_transformation.transform(frame)
         out = {}
-        for f in odfv.features:
-            col = np.asarray(result[f.name], dtype=np.float64)[rows_index]
-            out[f.name] = pa.array(np.where(np.isfinite(col), col, np.nan), pa.float64(), from_pandas=True)
+        for f in od.view.features:
+            col = np.asarray(result[f.name], dtype=np.float64)
+            out[f.name] = np.where(np.isfinite(col), col, np.nan)
         return out
+
+    def _derived(self, od: _OnDemand, rows: list[_Row], index: np.ndarray) -> dict[str, pa.Array]:
+        """A view computed from one entity alone: once per entity, kept on its (cached) row."""
+        import pandas as pd
+
+        names = [f.name for f in od.view.features]
+        todo = [r for r in rows if names[0] not in r.derived]
+        if todo:
+            cols = [self._column[name][1] for name in od.inputs]
+            frame = pd.DataFrame({name: [r.values[j] for r in todo] for name, j in zip(od.inputs, cols, strict=True)})
+            result = self._transform(od, frame)
+            for i, r in enumerate(todo):
+                r.derived.update({name: float(result[name][i]) for name in names})
+        return {name: pa.array(np.array([r.derived[name] for r in rows])[index], pa.float64(), from_pandas=True)
+                for name in names}  # fmt: skip
+
+    def _on_demand(
+        self, od: _OnDemand, got: list[list[_Row]], index: list[np.ndarray], at: datetime, n: int
+    ) -> dict[str, pa.Array]:
+        """A view that needs the request (or several entities): its transform applied once per distinct
+        entity of its inputs when they share one (once for the user), else once per row."""
+        import pandas as pd
+
+        where = {name: self._column[name] for name in od.inputs}
+        kinds = {i for i, _ in where.values()}
+        if len(kinds) == 1:  # every input is keyed by the same entity
+            (kind,) = kinds
+            rows_index = index[kind]
+            frame = pd.DataFrame({name: [r.values[j] for r in got[kind]] for name, (_, j) in where.items()})
+        else:
+            rows_index = np.arange(n)
+            frame = pd.DataFrame({name: [got[i][x].values[j] for x in index[i]] for name, (i, j) in where.items()})
+        for req in od.view.source_request_sources.values():
+            for f in req.schema:
+                frame[f.name] = pd.Timestamp(at) if f.name == REQUEST_TIME else None
+        result = self._transform(od, frame)
+        return {name: pa.array(col[rows_index], pa.float64(), from_pandas=True) for name, col in result.items()}

@@ -130,8 +130,11 @@ class RankingService:
             from training.trainset import plan
 
             with self._features_lock:
-                reader = self._features.get(service) or OnlineFeatures(self.store, plan(self.store, service))
-                self._features[service] = reader
+                reader = self._features.get(service)
+                if reader is None:
+                    reader = OnlineFeatures(self.store, plan(self.store, service), cache=self.cfg.serving.feature_cache)
+                    reader.start()
+                    self._features[service] = reader
         return reader
 
     def _background(self) -> None:
@@ -151,7 +154,19 @@ class RankingService:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        for reader in self._features.values():
+            reader.close()
         self.exposure.close()
+
+    def feature_cache_counts(self) -> tuple[int, int]:
+        """Entity hashes served from memory, and read from Redis, by the cached kinds (since start)."""
+        caches = [r.cache for r in list(self._features.values()) if r.cache is not None]
+        return sum(c.hits for c in caches), sum(c.misses for c in caches)
+
+    def feature_cache_state(self) -> str:
+        """The feature caches' state: tracking (each follows Redis's reports), off, or why not."""
+        states = {r.cache.state for r in list(self._features.values()) if r.cache is not None}
+        return "off" if not states else states.pop() if len(states) == 1 else "; ".join(sorted(states))
 
     @property
     def version(self) -> str | None:

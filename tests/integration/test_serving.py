@@ -130,29 +130,100 @@ def _impressions(cfg: Settings, topic: str) -> list[dict]:
     return [json.loads(v) for _, v in read_topic(cfg.kafka, topic)]
 
 
-def test_reader_equals_feasts_get_online_features(cfg, store, models):
-    """Same values, same missing indicators, same model input, for known, partly known and unknown entities."""
-    reader = OnlineFeatures(store, make_plan(store, SERVICE))
-    items = [*ITEMS[:20], *ITEMS[-5:]]
-    cats = [CATS[i % len(CATS)] for i in range(20)] + [CATS[0]] * 5
-    for user in (USERS[0], USERS[-1], "srv-never-seen"):
-        ours = reader.read(user, items, cats, NOW)
-        feast = scoring.online_rows(cfg, store, user, items, SERVICE, NOW, dict(zip(items, cats, strict=True)))
-        assert ours.column_names == feast.column_names
-        for name in ours.column_names:
-            a, b = ours.column(name).to_pylist(), feast.column(name).to_pylist()
-            if pa.types.is_floating(ours.column(name).type):
-                a, b = (np.array([np.nan if x is None else x for x in col], float) for col in (a, b))
-                np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True, err_msg=name)
-            else:
-                assert a == b, name
-        mcfg = ModelConfig(dense=tuple(c for c in ours.column_names if c not in ("user_id", "item_id",
-                           "item_category", "position", "propensity", "request_id", "label_click")))  # fmt: skip
-        ones = np.ones(ours.num_rows)
-        assert torch.equal(to_batch(ours, mcfg, ones).dense, to_batch(feast, mcfg, ones).dense)
-    missing = reader.read(USERS[-1], ITEMS[-2:], [CATS[0]] * 2, NOW)
-    assert all(missing.column("user_stats_1h__missing").to_pylist())
-    assert all(missing.column("item_stats_7d__missing").to_pylist())
+def _assert_same_as_feast(cfg, store, ours: pa.Table, user: str, items: list[str], cats: list[str]) -> None:
+    feast = scoring.online_rows(cfg, store, user, items, SERVICE, NOW, dict(zip(items, cats, strict=True)))
+    assert ours.column_names == feast.column_names
+    for name in ours.column_names:
+        a, b = ours.column(name).to_pylist(), feast.column(name).to_pylist()
+        if pa.types.is_floating(ours.column(name).type):
+            a, b = (np.array([np.nan if x is None else x for x in col], float) for col in (a, b))
+            np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True, err_msg=name)
+        else:
+            assert a == b, name
+    mcfg = ModelConfig(dense=tuple(c for c in ours.column_names if c not in ("user_id", "item_id",
+                       "item_category", "position", "propensity", "request_id", "label_click")))  # fmt: skip
+    ones = np.ones(ours.num_rows)
+    assert torch.equal(to_batch(ours, mcfg, ones).dense, to_batch(feast, mcfg, ones).dense)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
+def test_reader_equals_feasts_get_online_features(cfg, store, models, cache):
+    """Same values, same missing indicators, same model input, for known, partly known and unknown entities;
+    cached, the second read of the same items (from memory) too."""
+    reader = OnlineFeatures(store, make_plan(store, SERVICE), cache=cache)
+    reader.start()
+    try:
+        items = [*ITEMS[:20], *ITEMS[-5:]]
+        cats = [CATS[i % len(CATS)] for i in range(20)] + [CATS[0]] * 5
+        for user in (USERS[0], USERS[-1], "srv-never-seen"):
+            _assert_same_as_feast(cfg, store, reader.read(user, items, cats, NOW), user, items, cats)
+        missing = reader.read(USERS[-1], ITEMS[-2:], [CATS[0]] * 2, NOW)
+        assert all(missing.column("user_stats_1h__missing").to_pylist())
+        assert all(missing.column("item_stats_7d__missing").to_pylist())
+        if cache:
+            assert reader.cache is not None and reader.cache.state == "tracking"
+            assert reader.cache.hits >= 2 * 25, "the second and third reads of the items came from memory"
+    finally:
+        reader.close()
+
+
+def _read_until(reader: OnlineFeatures, cfg, store, items: list[str], cats: list[str], timeout_s: float = 10.0):
+    """Read until the reader agrees with Feast (a cached copy follows Redis's reports, asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ours = reader.read(USERS[0], items, cats, NOW)
+        try:
+            _assert_same_as_feast(cfg, store, ours, USERS[0], items, cats)
+            return ours
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_cached_items_follow_the_store_and_a_lost_report_connection_empties_the_cache(cfg, store):
+    """Items rewritten by another client are read anew once Redis reports them; while the report connection
+    is down nothing is served from memory, and after it is back the cache starts empty."""
+    import redis
+
+    from flywheel.compat import feast as feast_private
+    from flywheel.serving.feature_cache import CLIENT_NAME
+
+    items = [f"srv-cache-i{i}" for i in range(6)]
+    cats = [CATS[i % len(CATS)] for i in range(len(items))]
+    write_features(store, USERS[:1], items, CATS, seed=20, at=NOW - timedelta(minutes=4), categories_per_user=8)
+    reader = OnlineFeatures(store, make_plan(store, SERVICE), cache=True)
+    reader.start()
+    cache = reader.cache
+    assert cache is not None
+    try:
+        first = _read_until(reader, cfg, store, items, cats)
+        hits = cache.hits
+        reader.read(USERS[0], items, cats, NOW)
+        assert cache.hits == hits + len(items), "the second read came from memory"
+        write_features(store, USERS[:1], items[:3], CATS, seed=21, at=NOW - timedelta(minutes=3), categories_per_user=8)
+        second = _read_until(reader, cfg, store, items, cats)
+        changed = first.column("item_clicks_24h").to_pylist() != second.column("item_clicks_24h").to_pylist()
+        assert changed, "the rewritten items' new values were served"
+
+        client: redis.Redis = feast_private.redis_client(store)
+        ours = [c for c in client.client_list() if c["name"] == CLIENT_NAME and int(c["sub"]) == 1]
+        assert ours, "the report connection is subscribed"
+        connections = cache.connections
+        for c in ours:
+            client.client_kill_filter(_id=c["id"])
+        write_features(store, USERS[:1], items[3:], CATS, seed=22, at=NOW - timedelta(minutes=2), categories_per_user=8)
+        deadline = time.monotonic() + 10
+        while cache.connections == connections:
+            assert time.monotonic() < deadline, f"the report connection did not come back: {cache.state}"
+            time.sleep(0.05)
+        # Written while the reports were lost: the copies from before must be gone.
+        _assert_same_as_feast(cfg, store, reader.read(USERS[0], items, cats, NOW), USERS[0], items, cats)
+        hits = cache.hits
+        _assert_same_as_feast(cfg, store, reader.read(USERS[0], items, cats, NOW), USERS[0], items, cats)
+        assert cache.hits == hits + len(items), "cached again after the reconnection"
+    finally:
+        reader.close()
 
 
 def test_served_lists_log_exact_propensities_to_kafka(cfg, store, models, topic):
