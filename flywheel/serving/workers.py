@@ -29,18 +29,27 @@ APP = "flywheel.serving.app:from_settings"
 STOP_S = 30.0  # a stopping worker flushes its exposure log to Kafka first
 
 
-def bound_socket(host: str, port: int) -> socket.socket:
-    """Bound, not listening: the worker's server listens once it can accept (until then the port refuses, and
-    connections go to the workers that are up)."""
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise FlywheelError(f"cannot listen on {host}:{port} ({exc}): stop what uses it, or pass --port") from None
     return sock
+
+
+def bound_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """`n` sockets bound to the port with SO_REUSEPORT, not listening yet: a worker's server listens once it
+    can accept (until then connections go to the workers that are up, or the port refuses them).
+
+    The port is first bound without SO_REUSEPORT: SO_REUSEPORT alone would share a port that another
+    service of the same user listens on (an earlier `flywheel serve`), splitting its traffic silently."""
+    _bind(host, port, reuse_port=False).close()
+    return [_bind(host, port, reuse_port=True) for _ in range(n)]
 
 
 def _worker(sock: socket.socket, started: EventType) -> None:
@@ -62,7 +71,7 @@ def _worker(sock: socket.socket, started: EventType) -> None:
 
 def run(host: str, port: int, workers: int) -> None:
     """Serve with `workers` processes until SIGINT or SIGTERM."""
-    sockets = [bound_socket(host, port) for _ in range(workers)]
+    sockets = bound_sockets(host, port, workers)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch or Feast state forked
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +96,7 @@ def run(host: str, port: int, workers: int) -> None:
                     break
                 log.error("worker %d (pid %s) exited with %s; starting another", i, proc.pid, proc.exitcode)
                 sockets[i].close()  # its queue of unaccepted connections goes with it, not to the next worker
-                sockets[i] = bound_socket(host, port)
+                sockets[i] = _bind(host, port, reuse_port=True)  # the other workers hold the port
                 procs[i] = start(i)
     finally:
         for proc, _ in procs:
