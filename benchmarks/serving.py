@@ -276,6 +276,7 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
         f"  feature read alone, median: Flywheel's reader {reads['reader']:.2f} ms (items cached: {reads['cached']:.2f}"
         f" ms), Feast SDK {reads['feast']:.2f} ms"
     )
+    per_worker = fixed["connections_per_worker"]
     figures = {
         "serve_p50_ms": round(fixed["p50"], 2),
         "serve_p99_ms_100_candidates": round(fixed["p99"], 2),
@@ -288,7 +289,7 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
         "serve_errors": int(sum(s["errors"] for s in steps)),
         "serve_workers": cfg.serving.workers,
         # The kernel hashes connections to workers: the busiest worker's share of the fixed-rate run's load.
-        "serve_busiest_worker_share": round(max(fixed["connections_per_worker"]) / sum(fixed["connections_per_worker"]), 3),
+        "serve_busiest_worker_share": round(max(per_worker) / sum(per_worker), 3),
     }
     _chart(steps, cfg.var_dir / "bench" / "serving.png")
     logged = [line for line in metrics.splitlines() if line.startswith("flywheel_serve_events_")]
