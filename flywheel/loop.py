@@ -213,8 +213,6 @@ def _serve_weeks(
     truth: list[dict[str, Any]],
     say: Callable[[str], None],
 ) -> None:
-    import requests
-
     from flywheel.clients.serving import RankingClient
     from flywheel.events import closed_loop
     from flywheel.events.producer import EventProducer
@@ -253,7 +251,7 @@ def _serve_weeks(
             new = pipeline.registry(cfg).aliases()["champion"]
             if new != champion:
                 t1 = time.monotonic()
-                while requests.get(f"{url}/healthz", timeout=5).json().get("version") != new:
+                while client.health().get("version") != new:
                     if time.monotonic() - t1 > 60:
                         raise FlywheelError(f"the service still serves {champion} 60 s after {new} became champion")
                     time.sleep(0.2)

@@ -100,9 +100,7 @@ class TrackedCache:
         from now on (`live`, the reports are followed) or not."""
         with self._lock:
             self._seq += 1
-            self._floor = self._seq
-            self._entries.clear()
-            self._reported.clear()
+            self._forget_all()
             if live:
                 self._live.set()
             else:
@@ -150,10 +148,14 @@ class TrackedCache:
             self._seq += 1
             self.reports += 1
             if keys is None or len(self._reported) + len(keys) > MAX_ENTRIES:  # a flush, or bounded memory
-                self._floor = self._seq
-                self._entries.clear()
-                self._reported.clear()
+                self._forget_all()
                 return
             for key in keys:
                 self._entries.pop(key, None)
                 self._reported[key] = self._seq
+
+    def _forget_all(self) -> None:
+        """Under the lock: drop every entry, and keep nothing read before the current sequence number."""
+        self._floor = self._seq
+        self._entries.clear()
+        self._reported.clear()

@@ -10,7 +10,6 @@ split and interleaved experiments attribute lists and slots to the right model."
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from flywheel.serving.app import create_app
 from flywheel.serving.catalog import catalog_dir
 from flywheel.serving.exposure import ExposureLog
 from flywheel.serving.features import OnlineFeatures
+from flywheel.serving.process import free_port
 from flywheel.serving.service import RankingService, in_previous_share
 from flywheel.settings import Settings
 from training import scoring
@@ -89,17 +89,11 @@ def _settings(cfg: Settings, registry: Path, topic: str, **serving) -> Settings:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running(service: RankingService) -> Iterator[str]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service, TOKEN), host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
@@ -284,7 +278,7 @@ def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(
     import sys
 
     root, _ = models
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(root), "FLYWHEEL_SERVING__TOKEN": TOKEN,
            "FLYWHEEL_KAFKA__TOPICS__EVENTS": topic}  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -401,7 +395,7 @@ def test_serving_goes_on_with_kafka_down_and_nothing_is_lost(cfg, store, models,
     with the reason once the delivery timeout passes, and the counts reconcile."""
     root, _ = models
     down = _settings(cfg, root, "flywheel.events")
-    down.kafka.bootstrap_servers = f"127.0.0.1:{_free_port()}"
+    down.kafka.bootstrap_servers = f"127.0.0.1:{free_port()}"
     exposure = ExposureLog(down.kafka, tmp_path / "unlogged.jsonl", capacity=20, delivery_timeout_ms=2000)
     service = RankingService(down, store=store, exposure=exposure)
     with running(service) as url:

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from flywheel.errors import FlywheelError
+from flywheel.serving.process import free_port
 from flywheel.serving.workers import bound_sockets
 
 
@@ -27,9 +28,7 @@ def test_a_port_another_service_listens_on_is_refused(other_reuses_port):
 
 
 def test_workers_share_a_free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     sockets = bound_sockets("127.0.0.1", port, 2)
     try:
         for s in sockets:
