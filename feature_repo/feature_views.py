@@ -34,12 +34,21 @@ request_context = RequestSource(name="request_context", schema=[Field(name="requ
 @on_demand_feature_view(
     sources=[VIEWS["user_last_click"], request_context],
     schema=[Field(name="seconds_since_last_click", dtype=Float64)],
-    mode="pandas",
+    mode="python",
 )
-def user_recency(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Seconds between the request and the user's last click (null if none within 7 days)."""
-    delta = pd.to_datetime(inputs["request_time"], utc=True) - pd.to_datetime(inputs["last_click_time"], utc=True)
-    return pd.DataFrame({"seconds_since_last_click": delta.dt.total_seconds()})
+def user_recency(inputs: dict[str, list]) -> dict[str, list]:
+    """Seconds between the request and the user's last click (null if none within 7 days).
+
+    Python mode, not pandas: the ranking service computes it for one user per request, where building a
+    frame costs more than the arithmetic. Feast rebuilds this function from its source, hence the import."""
+    from datetime import UTC
+
+    def utc(t):  # naive times are UTC, as pd.to_datetime(utc=True) reads them
+        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+    pairs = zip(inputs["request_time"], inputs["last_click_time"], strict=True)
+    return {"seconds_since_last_click": [None if r is None or c is None else (utc(r) - utc(c)).total_seconds()
+                                         for r, c in pairs]}  # fmt: skip
 
 
 @on_demand_feature_view(

@@ -171,6 +171,8 @@ def point_in_time_join(p: Plan, labels: pa.Table, con: duckdb.DuckDBPyConnection
         for name in part.column_names:
             out = out.append_column(name, part.column(name))
     if p.on_demand:
+        from feast.type_map import feast_value_type_to_pa
+
         base = out.append_column(REQUEST_TIME, out.column("event_timestamp"))
         for odfv in p.on_demand:
             # As Feast's RetrievalJob does, but handing the transform only the columns it reads.
@@ -178,8 +180,9 @@ def point_in_time_join(p: Plan, labels: pa.Table, con: duckdb.DuckDBPyConnection
             inputs += [f.name for req in odfv.source_request_sources.values() for f in req.schema]
             transformed = odfv.transform_arrow(base.select(inputs), full_feature_names=False)
             for f in odfv.features:
-                if f.name in p.features:
-                    out = out.append_column(f.name, transformed.column(f.name))
+                if f.name in p.features:  # typed as declared: a python-mode view's all-null column has no type
+                    arrow_type = feast_value_type_to_pa(f.dtype.to_value_type())
+                    out = out.append_column(f.name, transformed.column(f.name).cast(arrow_type))
     hidden = [n for v in p.views for n, _ in v.features if n not in p.features]  # inputs of on-demand views only
     hidden += [f"{v.name}__missing" for v in p.views if not v.requested]
     return out.drop_columns([c for c in hidden if c in out.column_names])

@@ -207,15 +207,20 @@ class OnlineFeatures:
         keys = pa.table({"user_id": rows["user_id"], "item_id": items, "item_category": categories})
         return as_served(keys, pa.table(out))  # the column order of scoring.online_rows, Feast's own path
 
-    def _transform(self, od: _OnDemand, frame: Any) -> dict[str, np.ndarray]:
-        """Feast's transform of the view (the one the training set builder runs), outputs as float64 with
-        NaN where not finite."""
-        import pandas as pd
+    def _transform(self, od: _OnDemand, columns: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+        """Feast's transform of the view (the one the training-set builder runs) on columns of Python values,
+        outputs as float64 with NaN where null or not finite. A python-mode view takes the columns as they are
+        (Feast's online path does the same); a pandas-mode one gets a frame."""
+        if od.view.mode == "python":
+            result = od.view.transform_dict(columns)
+        else:
+            import pandas as pd
 
-        for name in od.inputs:
-            if name in self.timestamps:
-                frame[name] = pd.to_datetime(frame[name], utc=True)
-        result = od.view.feature_transformation.transform(frame)
+            frame = pd.DataFrame(columns)
+            for name in od.inputs:
+                if name in self.timestamps:
+                    frame[name] = pd.to_datetime(frame[name], utc=True)
+            result = od.view.feature_transformation.transform(frame)
         out = {}
         for f in od.view.features:
             col = np.asarray(result[f.name], dtype=np.float64)
@@ -224,14 +229,13 @@ class OnlineFeatures:
 
     def _derived(self, od: _OnDemand, rows: list[_Row], index: np.ndarray) -> dict[str, pa.Array]:
         """A view computed from one entity alone: once per entity, kept on its (cached) row."""
-        import pandas as pd
-
         names = [f.name for f in od.view.features]
         todo = [r for r in rows if names[0] not in r.derived]
         if todo:
             cols = [self._column[name][1] for name in od.inputs]
-            frame = pd.DataFrame({name: [r.values[j] for r in todo] for name, j in zip(od.inputs, cols, strict=True)})
-            result = self._transform(od, frame)
+            result = self._transform(
+                od, {name: [r.values[j] for r in todo] for name, j in zip(od.inputs, cols, strict=True)}
+            )
             for i, r in enumerate(todo):
                 r.derived.update({name: float(result[name][i]) for name in names})
         return {name: pa.array(np.array([r.derived[name] for r in rows])[index], pa.float64(), from_pandas=True)
@@ -242,19 +246,18 @@ class OnlineFeatures:
     ) -> dict[str, pa.Array]:
         """A view that needs the request (or several entities): its transform applied once per distinct
         entity of its inputs when they share one (once for the user), else once per row."""
-        import pandas as pd
-
         where = {name: self._column[name] for name in od.inputs}
         kinds = {i for i, _ in where.values()}
         if len(kinds) == 1:  # every input is keyed by the same entity
             (kind,) = kinds
             rows_index = index[kind]
-            frame = pd.DataFrame({name: [r.values[j] for r in got[kind]] for name, (_, j) in where.items()})
+            columns = {name: [r.values[j] for r in got[kind]] for name, (_, j) in where.items()}
         else:
             rows_index = np.arange(n)
-            frame = pd.DataFrame({name: [got[i][x].values[j] for x in index[i]] for name, (i, j) in where.items()})
+            columns = {name: [got[i][x].values[j] for x in index[i]] for name, (i, j) in where.items()}
+        m = len(next(iter(columns.values())))
         for req in od.view.source_request_sources.values():
             for f in req.schema:
-                frame[f.name] = pd.Timestamp(at) if f.name == REQUEST_TIME else None
-        result = self._transform(od, frame)
+                columns[f.name] = [at if f.name == REQUEST_TIME else None] * m
+        result = self._transform(od, columns)
         return {name: pa.array(col[rows_index], pa.float64(), from_pandas=True) for name, col in result.items()}
