@@ -199,8 +199,12 @@ def _product_direct(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
     packed = -np.sort(-rest, axis=1)[:, :most]  # each row's positive weights first: fewer, shorter loops
     product = np.zeros((len(rest), t.shape[1], k))
     product[..., 0] = 1.0
-    for j in range(most):
-        product = _mul_arrival(product, np.exp(-packed[:, j, None] * t))
+    stays = np.exp(-packed[:, :, None, None] * t[:, None, :, None])  # (rows, items, nodes, 1), as _mul_arrival
+    arrives = 1.0 - stays
+    for j in range(most):  # _mul_arrival with its factors computed for all items at once
+        step = product * stays[:, j]
+        step[..., 1:] += product[..., :-1] * arrives[:, j]
+        product = step
     return product
 
 
@@ -223,19 +227,17 @@ def _laguerre() -> tuple[np.ndarray, np.ndarray]:
 def _product_fast(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
     light = np.where(rest <= _LIGHT, rest, 0.0)
     product = _product_direct(rest - light, t, k)  # the few heavy items, exactly
-    power_sums = np.zeros((len(rest), _SERIES_TERMS))
-    acc = light.copy()
-    for lag in range(1, _SERIES_TERMS):  # S_0 is not needed: the series of (e^u - 1)^m starts at u^1
-        power_sums[:, lag] = acc.sum(axis=1)
-        acc *= light
+    power_sums = np.zeros((len(rest), _SERIES_TERMS))  # S_0 is not needed: the series of (e^u - 1)^m starts at u^1
+    power_sums[:, 1:] = np.cumprod(np.broadcast_to(light[:, :, None], (*light.shape, _SERIES_TERMS - 1)), axis=2).sum(1)
     t_pow = t[0][:, None] ** np.arange(_SERIES_TERMS)[None, :]  # (nodes, terms)
     m = np.arange(1, k)
     psum = np.einsum("rl,ql,ml->rqm", power_sums, t_pow, _expm1_power_series(k)[: k - 1])  # P_m, m = 1..k-1
     a = psum * ((-1.0) ** (m + 1) / m)  # the log's coefficients of x^1..x^{k-1}
+    ja = a * m  # j * a_j: exp of the log's series by coef_d = sum_{j=1..d} j a_j coef_{d-j} / d
     coef = np.zeros((*psum.shape[:2], k))
     coef[..., 0] = 1.0
     for d in range(1, k):
-        coef[..., d] = sum(j * a[..., j - 1] * coef[..., d - j] for j in range(1, d + 1)) / d
+        coef[..., d] = np.einsum("...j,...j->...", ja[..., :d], coef[..., d - 1 :: -1]) / d
     coef *= np.exp(-light.sum(axis=1)[:, None, None] * t[:, :, None])
     return _poly_mul(product, coef)
 
