@@ -7,6 +7,7 @@ feature is never an error (the model sees the `__missing` indicators it was trai
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -125,6 +126,10 @@ def create_app(service: RankingService, token: str) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
         metrics.start()
+        # Everything loaded so far (Feast, torch, the models) lives as long as the worker: out of the collector's
+        # sight, a full collection scans the request's garbage, not ~400k objects (measured 235 ms -> 15 ms).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -134,7 +139,7 @@ def create_app(service: RankingService, token: str) -> FastAPI:
     app = FastAPI(title="Flywheel ranking service", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = Metrics(service)
 
-    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "send Authorization: Bearer <token> (FLYWHEEL_SERVING__TOKEN)")
@@ -155,8 +160,9 @@ def create_app(service: RankingService, token: str) -> FastAPI:
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    # async: each worker ranks one request at a time on its event loop. The work is CPU-bound under the GIL,
-    # so a thread pool only adds hand-offs and contention (measured: saturated at 200 requests/s, not so here).
+    # async, like `authorized` (a sync dependency is a thread-pool hop): each worker ranks one request at a time
+    # on its event loop. The work is CPU-bound under the GIL, so a thread pool only adds hand-offs and contention
+    # (measured: saturated at 200 requests/s, not so here).
     @app.post("/rank", dependencies=[Depends(authorized)])
     async def rank(body: RankBody) -> Response:
         t0 = time.perf_counter()

@@ -29,7 +29,10 @@ class ExposureLog:
     ):
         self.dead_letter = dead_letter
         dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=capacity)
+        # A SimpleQueue bounded by the count of lists on it: its put is one C call, no Condition to notify.
+        self._queue: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self.capacity = capacity
+        self.lists_in_queue = 0
         self._file_lock = threading.Lock()
         self._count_lock = threading.Lock()  # request threads and the logging thread update the counts
         self.queued = 0  # events handed to `log`
@@ -49,13 +52,14 @@ class ExposureLog:
         """Hand a served list's events over without waiting; a full queue dead-letters them now."""
         with self._count_lock:
             self.queued += len(events)
-            self.in_queue += len(events)
-        try:
-            self._queue.put_nowait(events)
-        except queue.Full:
-            with self._count_lock:
-                self.in_queue -= len(events)
+            full = self.lists_in_queue >= self.capacity
+            if not full:
+                self.in_queue += len(events)
+                self.lists_in_queue += 1
+        if full:
             self._write_dead_letter([orjson.dumps(e) for e in events], "log queue full (Kafka too slow or down)")
+        else:
+            self._queue.put(events)
 
     @property
     def depth(self) -> int:
@@ -81,6 +85,7 @@ class ExposureLog:
             self.waiting_in_producer = self.producer.poll(0)  # before the queue count drops: depth never dips
             with self._count_lock:
                 self.in_queue -= len(events)
+                self.lists_in_queue -= 1
         self.producer.poll(0)
 
     def _kafka_failed(self, value: bytes, reason: str) -> None:
