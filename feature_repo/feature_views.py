@@ -40,15 +40,19 @@ def user_recency(inputs: dict[str, list]) -> dict[str, list]:
     """Seconds between the request and the user's last click (null if none within 7 days).
 
     Python mode, not pandas: the ranking service computes it for one user per request, where building a
-    frame costs more than the arithmetic. Feast rebuilds this function from its source, hence the import."""
+    frame costs more than the arithmetic. Times come tz-aware (Feast's online path) or naive UTC (the
+    training-set builder); Feast rebuilds this function from its source, hence the import inside."""
     from datetime import UTC
 
-    def utc(t):  # naive times are UTC, as pd.to_datetime(utc=True) reads them
-        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    def seconds(request, click):
+        if request is None or click is None:
+            return None
+        if (request.tzinfo is None) != (click.tzinfo is None):  # naive times are UTC
+            request, click = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (request, click))
+        return (request - click).total_seconds()
 
     pairs = zip(inputs["request_time"], inputs["last_click_time"], strict=True)
-    return {"seconds_since_last_click": [None if r is None or c is None else (utc(r) - utc(c)).total_seconds()
-                                         for r, c in pairs]}  # fmt: skip
+    return {"seconds_since_last_click": [seconds(r, c) for r, c in pairs]}
 
 
 @on_demand_feature_view(
