@@ -3,9 +3,12 @@ client (FeastRedisSink writes that layout from the JVM). Checked against feast 0
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flywheel.compat import require
+from flywheel.errors import FlywheelError
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -51,6 +54,38 @@ def redis_key(store: FeatureStore, entity: EntityKey) -> bytes:
 
     cfg = store.config
     return _redis_key(cfg.project, entity, cfg.entity_key_serialization_version)
+
+
+def string_key_builder(store: FeatureStore, join_keys: tuple[str, ...]) -> Callable[[tuple[str, ...]], bytes]:
+    """`redis_key` for an entity whose values are strings (given in `join_keys` order), built by joining bytes:
+    serialization v3 is the join keys' prefix, then each value as (type, length, UTF-8) in the keys' sorted
+    order, then the project. Through EntityKey protos a key costs ~20 us, and the service builds ~20 per
+    request. Checked against Feast's own serialization here, so a changed layout fails at start, not in Redis."""
+    _checked()
+    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
+
+    cfg = store.config
+    head = serialize_entity_key_prefix(list(join_keys), cfg.entity_key_serialization_version)
+    tail = cfg.project.encode()
+    string = struct.pack("<I", ValueType.STRING.value)
+    order = sorted(range(len(join_keys)), key=join_keys.__getitem__)
+
+    def key(values: tuple[str, ...]) -> bytes:
+        parts = [head]
+        for i in order:
+            value = values[i].encode()
+            parts += (string, struct.pack("<I", len(value)), value)
+        parts.append(tail)
+        return b"".join(parts)
+
+    for probe in (tuple(f"{k}-ünï-{i}" for i, k in enumerate(join_keys)), ("",) * len(join_keys)):
+        entity = EntityKey(join_keys=list(join_keys), entity_values=[Value(string_val=v) for v in probe])
+        if key(probe) != redis_key(store, entity):
+            raise FlywheelError(f"feast's entity key layout is not {CHECKED}'s: re-check {__name__}.string_key_builder")
+    return key
 
 
 def redis_field(view: str, feature: str) -> bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,7 +104,7 @@ class OnlineFeatures:
             self.entities.append(_Entity(keys, tuple(v.name for v in views), tuple(pairs), frozenset(times),
                                          tuple(fields), cached=cache and "user_id" not in keys))  # fmt: skip
         self.timestamps = frozenset().union(*(e.timestamps for e in self.entities))
-        self._key = lru_cache(maxsize=200_000)(self._entity_key)
+        self._key = {keys: feast_private.string_key_builder(store, keys) for keys in by_keys}
         self._values: dict[tuple[bytes, bool], Any] = {}  # decoded Values: most repeat (small counts, rates)
         self._column = {name: (i, j) for i, e in enumerate(self.entities) for j, (_, name) in enumerate(e.features)}
         self.on_demand = [self._plan_on_demand(odfv) for odfv in plan.on_demand]
@@ -127,16 +126,9 @@ class OnlineFeatures:
         alone = len(kinds) == 1 and not odfv.source_request_sources
         return _OnDemand(odfv, inputs, kinds.pop() if alone else None)
 
-    def _entity_key(self, join_keys: tuple[str, ...], values: tuple[str, ...]) -> bytes:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        entity = EntityKey(join_keys=list(join_keys), entity_values=[Value(string_val=x) for x in values])
-        return feast_private.redis_key(self.store, entity)
-
     def _prefix(self, join_keys: tuple[str, ...]) -> bytes:
         """The bytes every Redis key of this entity kind starts with (up to the first value's length)."""
-        a, b = (self._entity_key(join_keys, (x,) * len(join_keys)) for x in ("a", "bb"))
+        a, b = (self._key[join_keys]((x,) * len(join_keys)) for x in ("a", "bb"))
         return a[: next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)]
 
     def _value(self, raw: bytes, is_time: bool) -> Any:
@@ -168,7 +160,8 @@ class OnlineFeatures:
         for e in self.entities:
             keys = list(zip(*(rows[k] for k in e.join_keys), strict=True))
             distinct = list(dict.fromkeys(keys))
-            redis_keys = [self._key(e.join_keys, k) for k in distinct]
+            key = self._key[e.join_keys]
+            redis_keys = [key(k) for k in distinct]
             held = [cache.get(k) for k in redis_keys] if e.cached and cache is not None else [None] * len(distinct)
             for k, row in zip(redis_keys, held, strict=True):
                 if row is None:
