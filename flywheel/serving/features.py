@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,7 +105,8 @@ class OnlineFeatures:
             self.entities.append(_Entity(keys, tuple(v.name for v in views), tuple(pairs), frozenset(times),
                                          tuple(fields), cached=cache and "user_id" not in keys))  # fmt: skip
         self.timestamps = frozenset().union(*(e.timestamps for e in self.entities))
-        self._key = {keys: feast_private.string_key_builder(store, keys) for keys in by_keys}
+        builders = {keys: feast_private.string_key_builder(store, keys) for keys in by_keys}
+        self._key = {keys: lru_cache(maxsize=100_000)(b) for keys, b in builders.items()}  # items mostly repeat
         self._values: dict[tuple[bytes, bool], Any] = {}  # decoded Values: most repeat (small counts, rates)
         self._column = {name: (i, j) for i, e in enumerate(self.entities) for j, (_, name) in enumerate(e.features)}
         self.on_demand = [self._plan_on_demand(odfv) for odfv in plan.on_demand]
