@@ -349,9 +349,9 @@ def test_bad_requests_get_a_reason_and_missing_features_are_served(cfg, store, m
         r = _rank(url, {"user_id": USERS[1], "candidates": ITEMS[:3], "k": 10})
         assert r.status_code == 200 and sorted(x["item_id"] for x in r.json()["items"]) == sorted(ITEMS[:3])
     strict = RankingService(_settings(cfg, root, topic, unknown_users="reject"), store=store)
-    strict.catalog.users = frozenset(USERS)
+    strict.catalog.users = set(USERS)
     with running(strict) as url:
-        strict.catalog.users = frozenset(USERS)  # the test's users stand for the event log's
+        strict.catalog.users = set(USERS)  # the test's users stand for the event log's
         r = _rank(url, {"user_id": "srv-brand-new", "candidates": ITEMS[:5], "k": 2})
         assert r.status_code == 422 and "unknown_users" in r.text
 
