@@ -209,6 +209,7 @@ class ServingSettings(_Model):
     workers: int = Field(ge=1)  # processes behind the port: Python ranks on about one core per process
     torch_threads: int = Field(ge=1)  # per worker: the workers are the parallelism, more threads only contend
     feature_cache: bool  # keep item-side features in memory, exact through Redis's invalidation reports
+    store_timeout_s: float = Field(gt=0)  # a Redis connect or reply slower than this fails the request (503)
     token: SecretStr | None = None  # bearer token every request but /healthz needs; from the environment
     max_candidates: int = Field(ge=1)
     max_k: int = Field(ge=1)

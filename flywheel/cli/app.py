@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from enum import StrEnum
 from typing import Annotated
 
@@ -72,7 +74,8 @@ def serve_cmd(
     check_online_store(cfg, feast_store.store(cfg))
     host, port = host or cfg.serving.host, port or cfg.serving.port
     console.print(f"serving on http://{host}:{port} (POST /rank, GET /metrics with the token; GET /healthz)")
-    serve(cfg, host, port, workers or cfg.serving.workers)
+    verbose = logging.getLogger("flywheel").isEnabledFor(logging.DEBUG)  # as the root command set it
+    serve(cfg, host, port, workers or cfg.serving.workers, functools.partial(configure_logging, verbose))
 
 
 class Benchmark(StrEnum):

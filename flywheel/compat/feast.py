@@ -41,10 +41,19 @@ def online_view_name(store: FeatureStore, view: FeatureView) -> str:
     return compute_versioned_name(view, versioning)
 
 
-def redis_client(store: FeatureStore) -> Any:
-    """The redis-py client Feast's Redis online store uses, with its connection settings."""
+def redis_client(store: FeatureStore, timeout_s: float | None = None) -> Any:
+    """The redis-py client Feast's Redis online store uses, with its connection settings. With `timeout_s`, a
+    client of its own built the same way (single node, cluster or sentinel), whose connects and replies time
+    out after that long unless the connection string sets its own: redis-py waits forever by default."""
     _checked()
-    return store._get_provider().online_store._get_client(store.config.online_store)  # type: ignore[attr-defined]
+    if timeout_s is None:
+        return store._get_provider().online_store._get_client(store.config.online_store)  # type: ignore[attr-defined]
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    cfg = store.config.online_store
+    extra = "".join(f",{k}={timeout_s}" for k in ("socket_timeout", "socket_connect_timeout")
+                    if f"{k}=" not in cfg.connection_string)  # fmt: skip
+    return RedisOnlineStore()._get_client(cfg.model_copy(update={"connection_string": cfg.connection_string + extra}))
 
 
 def redis_key(store: FeatureStore, entity: EntityKey) -> bytes:

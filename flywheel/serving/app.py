@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -195,9 +195,9 @@ def from_settings() -> FastAPI:
     return create_app(RankingService(cfg), cfg.serving.require_token())
 
 
-def serve(cfg: Settings, host: str, port: int, workers: int) -> None:
+def serve(cfg: Settings, host: str, port: int, workers: int, setup_logging: Callable[[], None] | None = None) -> None:
     """Run until interrupted: `workers` processes (the GIL holds one to about a core), each with its own
-    models, reader and exposure log, behind one port (`serving.workers`)."""
+    models, reader and exposure log, behind one port (`serving.workers`); each worker calls `setup_logging`."""
     import uvicorn
 
     from flywheel.serving import workers as supervisor
@@ -213,6 +213,6 @@ def serve(cfg: Settings, host: str, port: int, workers: int) -> None:
         # prometheus_client chooses file-backed values at import, from this variable: the workers are spawned.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_ENV] = metrics_dir
         try:
-            supervisor.run(host, port, workers)
+            supervisor.run(host, port, workers, setup_logging)
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -82,12 +82,13 @@ class OnlineFeatures:
     """The feature-service columns for (user, candidates), as the ranker was trained to see them.
 
     With `cache` on, the hashes of entities keyed by the candidate alone (items, categories) are kept in a
-    `TrackedCache`, which Redis's invalidation reports keep exact; the user's hashes are read every time."""
+    `TrackedCache`, which Redis's invalidation reports keep exact; the user's hashes are read every time.
+    With `timeout_s`, a Redis that stops answering raises redis.TimeoutError after that long."""
 
-    def __init__(self, store: FeatureStore, plan: Plan, cache: bool = False):
+    def __init__(self, store: FeatureStore, plan: Plan, cache: bool = False, timeout_s: float | None = None):
         self.store = store
         self.plan = plan
-        self.client = feast_private.redis_client(store)
+        self.client = feast_private.redis_client(store, timeout_s)
         self.requested = [v for v in plan.views if v.requested]
         by_keys: dict[tuple[str, ...], list] = {}
         for v in plan.views:

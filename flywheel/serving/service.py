@@ -75,7 +75,7 @@ def check_online_store(cfg: Settings, store: FeatureStore) -> None:
     from flywheel.compat import feast as feast_private
 
     try:
-        feast_private.redis_client(store).ping()
+        feast_private.redis_client(store, cfg.serving.store_timeout_s).ping()
     except redis.RedisError as exc:
         r = cfg.redis
         raise NotReady(
@@ -132,7 +132,8 @@ class RankingService:
             with self._features_lock:
                 reader = self._features.get(service)
                 if reader is None:
-                    reader = OnlineFeatures(self.store, plan(self.store, service), cache=self.cfg.serving.feature_cache)
+                    s = self.cfg.serving
+                    reader = OnlineFeatures(self.store, plan(self.store, service), s.feature_cache, s.store_timeout_s)
                     reader.start()
                     self._features[service] = reader
         return reader

@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
@@ -52,9 +53,12 @@ def bound_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return [_bind(host, port, reuse_port=True) for _ in range(n)]
 
 
-def _worker(sock: socket.socket, started: EventType) -> None:
+def _worker(sock: socket.socket, started: EventType, setup_logging: Callable[[], None] | None) -> None:
     """One worker process: the app from the settings, on its own socket."""
     import uvicorn
+
+    if setup_logging is not None:  # a spawned interpreter starts without the parent's handlers
+        setup_logging()
 
     config = uvicorn.Config(APP, factory=True, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -69,8 +73,9 @@ def _worker(sock: socket.socket, started: EventType) -> None:
     server.run(sockets=[sock])
 
 
-def run(host: str, port: int, workers: int) -> None:
-    """Serve with `workers` processes until SIGINT or SIGTERM."""
+def run(host: str, port: int, workers: int, setup_logging: Callable[[], None] | None = None) -> None:
+    """Serve with `workers` processes until SIGINT or SIGTERM; each calls `setup_logging` first (picklable: a
+    module-level function or a partial of one)."""
     sockets = bound_sockets(host, port, workers)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch or Feast state forked
     stop = threading.Event()
@@ -79,7 +84,7 @@ def run(host: str, port: int, workers: int) -> None:
 
     def start(i: int) -> tuple[BaseProcess, EventType]:
         started = ctx.Event()
-        proc = ctx.Process(target=_worker, args=(sockets[i], started), name=f"flywheel-serve-{i}")
+        proc = ctx.Process(target=_worker, args=(sockets[i], started, setup_logging), name=f"flywheel-serve-{i}")
         proc.start()
         return proc, started
 

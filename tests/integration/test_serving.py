@@ -272,7 +272,8 @@ def test_served_lists_log_exact_propensities_to_kafka(cfg, store, models, topic)
 
 def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(cfg, store, models, topic, tmp_path):
     """`flywheel serve --workers 2`: each scrape, answered by either worker, reports both workers' requests
-    and impressions (Prometheus multiprocess files), and the champion once."""
+    and impressions (Prometheus multiprocess files), and the champion once; both workers' logs reach the
+    command's output."""
     import os
     import subprocess
     import sys
@@ -284,7 +285,7 @@ def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "serve.log", "w") as errors:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "flywheel"), "serve", "--port", str(port),
-                                 "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
+                                 "--workers", "2"], env=env, stdout=errors, stderr=errors)  # fmt: skip
         try:
             workers: set[int] = set()
             deadline = time.monotonic() + 240  # two spawned workers import torch and Feast: ~40 s when busy
@@ -313,6 +314,8 @@ def test_metrics_of_two_workers_count_every_request_whichever_worker_is_scraped(
             proc.wait(30)
     assert proc.returncode == 0 and not list((cfg.var_dir / "serving").glob("metrics-*"))  # cleaned up at exit
     champion = Registry(root).alias("champion").version
+    # Each spawned worker logs through the CLI's handler: its models, once each.
+    assert (tmp_path / "serve.log").read_text().count(f"serving champion {champion}") == 2
     for text in scraped:
         assert 'flywheel_serve_requests_total{outcome="ok"} 40.0' in text
         assert "flywheel_serve_latency_seconds_count 40.0" in text
@@ -409,6 +412,35 @@ def test_serving_goes_on_with_kafka_down_and_nothing_is_lost(cfg, store, models,
     assert len(lines) == 200 == exposure.queued and exposure.logged == 0 and exposure.depth == 0
     assert {x["event"]["request_id"] for x in lines} == {r.json()["request_id"] for r in answers}
     assert all("queue full" in x["reason"] or "timed out" in x["reason"] for x in lines), lines[0]["reason"]
+
+
+def test_a_store_that_stops_answering_fails_requests_fast_and_health_still_answers(cfg, store, models, topic):
+    """Redis paused (CLIENT PAUSE: connected and silent, as a hung server or a partition looks): a request gets
+    503 after serving.store_timeout_s instead of holding its worker until Redis is back, /healthz answers
+    meanwhile, and /rank answers again once Redis does."""
+    from flywheel.compat import feast as feast_private
+
+    root, _ = models
+    settings = _settings(cfg, root, topic)
+    timeout_s = settings.serving.store_timeout_s
+    body = {"user_id": USERS[0], "candidates": ITEMS[:50], "k": 5}
+    admin = feast_private.redis_client(store)
+    with running(RankingService(settings, store=store)) as url:
+        assert _rank(url, body).status_code == 200
+        admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        paused = time.monotonic()
+        r = _rank(url, body)
+        took = time.monotonic() - paused
+        assert r.status_code == 503 and "does not answer" in r.text, r.text
+        assert took < timeout_s + 1.0, f"a request waited {took:.1f} s for a paused Redis"
+        t0 = time.monotonic()
+        health = requests.get(f"{url}/healthz", timeout=5)
+        assert health.status_code == 200 and time.monotonic() - t0 < 1.0
+        assert time.monotonic() - paused < 2.5  # all of it while Redis was still paused
+        deadline = paused + 3.0 + 10.0
+        while (r := _rank(url, body)).status_code != 200:
+            assert time.monotonic() < deadline, f"still {r.status_code} after Redis answers again: {r.text}"
+            time.sleep(0.2)
 
 
 def test_split_and_interleaving_attribute_lists_to_models(cfg, store, models, topic):
