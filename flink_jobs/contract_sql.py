@@ -30,8 +30,9 @@ CONTEXT_COLUMNS = ("policy", "team")
 
 def fields_sql(payload: str = "payload") -> str:
     """The call that parses a record once into the columns the contract reads (flink_jobs/jvm JsonFields):
-    is_object, unknown_field, and has_<field> and j_<field> (the value as text) for each contract field,
-    and for each of CONTEXT_COLUMNS j_context__<name>. Use it as `FROM t, LATERAL TABLE(<this>) AS p`."""
+    is_object, extras (the fields outside the contract as a JSON object, or NULL: carried, never a reason to
+    reject), and has_<field> and j_<field> (the value as text) for each contract field, and for each of
+    CONTEXT_COLUMNS j_context__<name>. Use it as `FROM t, LATERAL TABLE(<this>) AS p`."""
     names = [*schema()["properties"], *(f"context.{c}" for c in CONTEXT_COLUMNS)]
     return f"JSON_FIELDS({payload}, {_lit(','.join(names))})"
 
@@ -49,8 +50,7 @@ def reject_reason_sql() -> str:
     rules: list[tuple[str, str]] = [("NOT is_object", "<record>: not a JSON object")]
     for field in s["required"]:
         rules.append((f"NOT {present(field)}", f"{field}: required"))
-    # additionalProperties: false (top level; `context` is an open object).
-    rules.append(("unknown_field", "<unknown field>: not in the contract"))
+    # Fields outside the contract are a newer producer's additions: carried (`extras`), not checked.
     for field, spec in props.items():
         value = f"j_{field}"
         exists = present(field)

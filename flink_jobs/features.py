@@ -141,6 +141,8 @@ def _checked_select() -> str:
         "source": "STRING",
         "context__policy": "STRING",  # the ranking service's model version and, in an interleaved list, the
         "context__team": "STRING",  # model a slot came from: what online evaluation groups by
+        "schema_version": "BIGINT",
+        "session_id": "STRING",
     }
 
     # `position` is a reserved word in Flink SQL: the column is list_position; context__x is x.
@@ -153,6 +155,7 @@ def _checked_select() -> str:
     # The payload is parsed once (JSON_FIELDS); the contract and the columns read its columns.
     return f"""SELECT payload, event_time AS event_ts,
   {parsed},
+  extras,
   {reject_reason_sql()} AS reject_reason,
   CURRENT_WATERMARK(event_time) AS wm
 FROM events_raw, LATERAL TABLE({fields_sql()}) AS p"""
@@ -164,7 +167,7 @@ FROM events_raw, LATERAL TABLE({fields_sql()}) AS p"""
 # state is therefore exactly what is needed and is dropped when the watermark passes, with no TTL (a
 # processing-time TTL would also have expired the sliding windows' state of a key silent for a while).
 CLEAN_SELECT = f"""SELECT event_id, request_id, user_id, item_id, item_category, event_type, list_position, propensity,
-  source, policy, team, event_time AS event_ts,
+  source, policy, team, schema_version, session_id, extras, event_time AS event_ts,
   CASE WHEN event_type = 'impression' THEN 1 ELSE 0 END AS is_impression,
   CASE WHEN event_type = 'click' THEN 1 ELSE 0 END AS is_click,
   CASE WHEN event_type = 'purchase' THEN 1 ELSE 0 END AS is_purchase,
@@ -396,11 +399,12 @@ EVENT_LOG = "events"  # the deduplicated on-time events, where training labels c
 
 
 def _event_log_sink(opt: JobOptions) -> str:
-    """The clean event log, partitioned like the feature views. `position` keeps its contract name here."""
+    """The clean event log, partitioned like the feature views. `position` keeps its contract name here;
+    `extras` holds the fields outside the contract (a newer producer's), as JSON."""
     cols = (
         "event_id STRING, request_id STRING, user_id STRING, item_id STRING, item_category STRING, "
         "event_type STRING, `position` BIGINT, propensity DOUBLE, source STRING, policy STRING, team STRING, "
-        "event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
+        "schema_version BIGINT, session_id STRING, extras STRING, event_timestamp TIMESTAMP(3), dt STRING, hr STRING"
     )
     return _parquet_table("offline_events", opt.offline_dir / EVENT_LOG, cols, "dt, hr")
 
@@ -503,7 +507,8 @@ def build(cfg: Settings, opt: JobOptions):
     t_env.execute_sql(_event_log_sink(opt))
     stmts.add_insert_sql(
         "INSERT INTO offline_events SELECT event_id, request_id, user_id, item_id, item_category, event_type, "
-        "list_position, propensity, source, policy, team, ts, DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
+        "list_position, propensity, source, policy, team, schema_version, session_id, extras, ts, "
+        "DATE_FORMAT(ts, 'yyyy-MM-dd'), DATE_FORMAT(ts, 'HH') "
         "FROM (SELECT *, CAST(event_time AS TIMESTAMP(3)) AS ts FROM events_clean)"
     )
 

@@ -1,7 +1,11 @@
-"""The versioned event contract (schemas/interaction_event.v1.json) and its validator.
+"""The versioned event contract (schemas/interaction_event.v<N>.json, the newest applies) and its validator.
 
-Validation returns a reason a human can act on ("propensity: 0 is not > 0"), because that reason
-travels with a rejected event to the dead-letter topic.
+Compatibility rule: a version only adds optional fields, and required fields keep their names and types.
+So an event of any version is checked against the newest contract, and fields it does not know (a newer
+producer's additions) are accepted and carried (`extras`), never a reason to reject: the first producer
+to add a field must not send its traffic to the dead-letter topic. A removed or retyped required field is
+rejected. Validation returns a reason a human can act on ("propensity: 0 is not > 0"), because that
+reason travels with a rejected event to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest contract; v2 added the optional session_id
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"interaction_event.v{SCHEMA_VERSION}.json"
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 # An event stamped far after it was ingested has a broken clock; accepted, it would drag the stream's
@@ -61,9 +65,13 @@ def validate(event: Any) -> Rejection | None:
 def _missing_field(err: ValidationError) -> str | None:
     if err.validator == "required":
         return err.message.split("'")[1] if "'" in err.message else None
-    if err.validator == "additionalProperties":
-        return "<unknown field>"
     return None
+
+
+def extras(event: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields of an event outside the newest contract: carried, not checked."""
+    known = schema()["properties"]
+    return {k: v for k, v in event.items() if k not in known}
 
 
 def parse(raw: bytes | str) -> tuple[dict[str, Any] | None, Rejection | None]:

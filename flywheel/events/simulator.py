@@ -110,7 +110,6 @@ MALFORMED_KINDS = (
     "propensity_zero",
     "propensity_above_one",
     "event_time_string",
-    "unknown_field",
 )
 
 
@@ -283,6 +282,13 @@ def simulate(cfg: SimConfig) -> SimOutput:
             "event_time": etime_l[j],
             "ingest_time": arrival_l[j],
         }
+        # Producers of three contract versions, interleaved like a fleet upgrading app by app: by request, a
+        # fifth write v3 (with a field this pipeline's contract does not have yet: carried as an extra), about
+        # a quarter v2 (with a session), the rest v1. No random draws: a seed's other streams stay as they were.
+        if req_l[j] % 5 == 2:
+            ev |= {"schema_version": 3, "session_id": f"{user}-s{etime_l[j] // 86_400_000}", "app_build": 7010}
+        elif req_l[j] % 3 == 1:
+            ev |= {"schema_version": 2, "session_id": f"{user}-s{etime_l[j] // 86_400_000}"}
         if corrupt_l[j]:
             ev["item_category"] = None
             ev["propensity"] = 1.0
@@ -336,6 +342,4 @@ def _malform(kind: str, ev: dict[str, Any]) -> bytes:
         ev["propensity"] = 1.5
     elif kind == "event_time_string":
         ev["event_time"] = datetime.fromtimestamp(ev["event_time"] / 1000).isoformat()
-    elif kind == "unknown_field":
-        ev["colour"] = "blue"
     return orjson.dumps(ev)

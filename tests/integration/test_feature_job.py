@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -26,7 +27,7 @@ from flywheel.clients.kafka import ensure_topics
 from flywheel.errors import FlywheelError
 from flywheel.events.consumer import read_topic
 from flywheel.events.producer import write_records
-from flywheel.events.schema import parse
+from flywheel.events.schema import extras, parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.polling import wait_until
 from flywheel.stack.services import Redis
@@ -112,6 +113,26 @@ def test_event_log_holds_exactly_the_aggregated_events(job):
     assert n == distinct == r.aggregated
     assert nulls == 0
     assert simulated == n and served == 0  # the source is kept; no ranking service served these lists
+
+
+def test_events_of_three_contract_versions_are_all_kept_with_their_fields(job):
+    """The simulator's producers write v1, v2 (with session_id) and v3 (with a field the contract does not
+    have) interleaved: none is dead-lettered for its version or its extra field (the dead-letter test above
+    holds them to the Python validator), and the event log keeps each one's version, session and extras."""
+    cfg, opt, sim = job
+    raw = {}
+    for value in sim.values:
+        event, rejection = parse(value)
+        if rejection is None:
+            raw[event["event_id"]] = (event["schema_version"], event.get("session_id"), extras(event) or None)
+    rows = duckdb.execute(
+        "SELECT event_id, schema_version, session_id, extras FROM read_parquet($f)",
+        {"f": labels.event_log_files(opt.offline_dir)},
+    ).fetchall()
+    logged = {e: (v, s, None if x is None else orjson.loads(x)) for e, v, s, x in rows}
+    assert logged == {e: raw[e] for e in logged}
+    versions = Counter(v for v, _, _ in logged.values())
+    assert set(versions) == {1, 2, 3} and min(versions.values()) > 500, versions
 
 
 def test_training_set_from_the_job_output_keeps_every_label(job):

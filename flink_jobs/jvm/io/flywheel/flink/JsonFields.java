@@ -1,6 +1,7 @@
 package io.flywheel.flink;
 
 import java.io.IOException;
+import java.io.StringWriter;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -8,6 +9,7 @@ import java.util.Map;
 import java.util.Optional;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
 import org.apache.flink.table.api.DataTypes;
@@ -21,14 +23,14 @@ import org.apache.flink.table.types.inference.TypeInference;
 
 /**
  * JSON_FIELDS(payload, 'a,b,c'): the record's top-level fields, parsed once, as one row of columns:
- * {@code is_object} (false: not a JSON object, or not JSON at all), {@code unknown_field} (a field not in
- * the list), then for each listed field {@code has_<field>} (present, even as null) and {@code j_<field>}
+ * {@code is_object} (false: not a JSON object, or not JSON at all), {@code extras} (the fields not in the
+ * list, as a compact JSON object; NULL when there are none), then for each listed field {@code has_<field>} (present, even as null) and {@code j_<field>}
  * (its value as text, like JSON_VALUE: a scalar as its text; JSON null, an object or an array as NULL).
  * Use it as {@code FROM t, LATERAL TABLE(JSON_FIELDS(payload, '...')) AS p}. Always one row.
  *
  * <p>A listed name {@code parent.child} reads a scalar one level inside an object field ({@code
  * context.policy}); its columns are {@code has_parent__child} and {@code j_parent__child}. Fields inside
- * an object are never "unknown".
+ * an object are never extras.
  *
  * <p>Why: Flink's JSON_VALUE and JSON_EXISTS parse the whole document on every call, and the event
  * contract (flink_jobs/contract_sql.py) needs about forty of them per record. A table function, not a
@@ -66,7 +68,7 @@ public class JsonFields extends TableFunction<RowData> {
             row = new GenericRowData(2 + 2 * n); // nothing of a record that is not one JSON object
         }
         row.setField(0, object);
-        for (int i = 1; i < 2 + n; i++) {
+        for (int i = 2; i < 2 + n; i++) {
             if (row.getField(i) == null) {
                 row.setField(i, false);
             }
@@ -74,20 +76,32 @@ public class JsonFields extends TableFunction<RowData> {
         collect(row);
     }
 
-    /** Sets what is present and the values; false when the record is not one JSON object. */
+    /** Sets what is present, the values and the extras; false when the record is not one JSON object. */
     private boolean parse(String json, GenericRowData row, int n) {
         if (json == null) {
             return false;
         }
+        StringWriter extras = null;
         try (JsonParser p = FACTORY.createParser(json)) {
             if (p.nextToken() != JsonToken.START_OBJECT) {
                 return false;
             }
             JsonToken t;
+            JsonGenerator g = null;
             while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
                 String name = p.currentName();
                 Integer i = index.get(name);
                 JsonToken v = p.nextToken();
+                if (i == null && !nested.containsKey(name)) { // outside the contract: kept as it came
+                    if (g == null) {
+                        extras = new StringWriter();
+                        g = FACTORY.createGenerator(extras);
+                        g.writeStartObject();
+                    }
+                    g.writeFieldName(name);
+                    g.copyCurrentStructure(p);
+                    continue;
+                }
                 String text = null;
                 Map<String, Integer> children = nested.get(name);
                 if (v == JsonToken.START_OBJECT && children != null) {
@@ -97,12 +111,15 @@ public class JsonFields extends TableFunction<RowData> {
                 } else if (v != JsonToken.VALUE_NULL) {
                     text = p.getText();
                 }
-                if (i == null) {
-                    row.setField(1, true);
-                } else {
+                if (i != null) {
                     row.setField(2 + i, true);
                     row.setField(2 + n + i, text == null ? null : StringData.fromString(text));
                 }
+            }
+            if (g != null) {
+                g.writeEndObject();
+                g.close();
+                row.setField(1, StringData.fromString(extras.toString()));
             }
             return t == JsonToken.END_OBJECT && p.nextToken() == null; // else truncated, or trailing content
         } catch (IOException e) {
@@ -140,7 +157,7 @@ public class JsonFields extends TableFunction<RowData> {
                     }
                     List<DataTypes.Field> columns = new ArrayList<>();
                     columns.add(DataTypes.FIELD("is_object", DataTypes.BOOLEAN().notNull()));
-                    columns.add(DataTypes.FIELD("unknown_field", DataTypes.BOOLEAN().notNull()));
+                    columns.add(DataTypes.FIELD("extras", DataTypes.STRING()));
                     String[] names = fields.get().split(",");
                     for (String f : names) {
                         columns.add(DataTypes.FIELD("has_" + f.replace(".", "__"), DataTypes.BOOLEAN().notNull()));
