@@ -47,14 +47,14 @@ class Catalog:
         """Read what is new since the last refresh."""
         with self._lock:
             started = time.time()
-            con = connect()
-            con.execute("SET threads = 1")  # in the background: the other core is the requests'
-            changed = self._read_log(con) | self._read_extra(con)
+            with connect() as con:
+                con.execute("SET threads = 1")  # in the background: the other core is the requests'
+                changed = self._read_log(con) | self._read_extra(con)
+            gone = {item for item in changed if item not in self._logged and item not in self._extra}
             # An item's latest category in the log, or the catalog's where the log has none.
-            self.categories.update({item: self._category(item) for item in changed})
-            for item in changed:
-                if item not in self._logged and item not in self._extra:  # left the catalog, never in the log
-                    self.categories.pop(item, None)
+            self.categories.update({item: self._category(item) for item in changed - gone})
+            for item in gone:  # left the catalog, never in the log
+                self.categories.pop(item, None)
             self.refreshed += 1
             self.refreshed_at = started
         log.info("catalog: %d items (%d changed), %d users", len(self.categories), len(changed), len(self.users))
