@@ -1,4 +1,4 @@
-"""Private APIs of PyFlink and Feast are used only behind flywheel/compat, which refuses a version it was not
+"""Private APIs of PyFlink, Feast and uvicorn are used only behind flywheel/compat, which refuses a version it was not
 checked against, with a message that says what to do."""
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ import pytest
 from flywheel.compat import feast as feast_private
 from flywheel.compat import pyflink as flink_private
 from flywheel.compat import require
+from flywheel.compat import uvicorn as uvicorn_private
 from flywheel.errors import FlywheelError
 from flywheel.settings import REPO_ROOT
 
-PRIVATE = {"_j_data_stream", "_python_worker_execution_mode", "_redis_key", "_get_client", "_get_provider"}
+PRIVATE = {"_j_data_stream", "_python_worker_execution_mode", "_redis_key", "_get_client", "_get_provider",
+           "http_protocol_class", "server_state"}  # fmt: skip
 
 
 def test_the_pinned_versions_are_the_checked_ones():
     assert version("apache-flink") == flink_private.CHECKED
     assert version("feast") == feast_private.CHECKED
+    assert version("uvicorn") == uvicorn_private.CHECKED
 
 
 def test_another_version_is_refused_naming_the_fix():
