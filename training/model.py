@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import nn
 
@@ -71,25 +73,33 @@ class Batch:
 
 
 def hash_ids(values: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
-    """Stable across processes (Python's hash() is salted): crc32 of the string form."""
-    return np.fromiter(
-        (zlib.crc32(str(v).encode()) % buckets for v in values.to_pylist()), dtype=np.int64, count=len(values)
-    )
+    """Stable across processes (Python's hash() is salted): crc32 of the string form, computed once per distinct
+    value (a request repeats its user, slot and categories; a training set its ids)."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    encoded = pc.dictionary_encode(arr, null_encoding="encode")  # a null hashes as str(None), like any value
+    distinct = encoded.dictionary.to_pylist()
+    codes = np.fromiter((zlib.crc32(str(v).encode()) % buckets for v in distinct), dtype=np.int64, count=len(distinct))
+    return codes[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+@lru_cache(maxsize=64)
+def _logged(columns: tuple[str, ...]) -> np.ndarray:
+    """The columns that are counts or durations: heavy-tailed, so the ranker sees their log1p."""
+    return np.array([j for j, c in enumerate(columns)
+                     if "impressions" in c or "clicks" in c or "purchases" in c or c.startswith("seconds_")],
+                    dtype=np.intp)  # fmt: skip
 
 
 def dense_matrix(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
-    out = np.zeros((table.num_rows, len(columns)), dtype=np.float32)
+    """The dense features as float32: missing or not finite -> 0 (the `__missing` indicators say which),
+    booleans as 0/1, counts and durations log1p'd."""
+    out = np.empty((table.num_rows, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        col = table.column(c)
-        if pa.types.is_boolean(col.type):
-            v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
-        else:
-            v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-            v = np.where(np.isfinite(v), v, 0.0)
-            if "impressions" in c or "clicks" in c or "purchases" in c or c.startswith("seconds_"):
-                v = np.log1p(np.maximum(v, 0.0))
-        out[:, j] = v
-    return out
+        out[:, j] = table.column(c).to_numpy(zero_copy_only=False)
+    out[~np.isfinite(out)] = 0.0
+    logged = _logged(columns)
+    out[:, logged] = np.log1p(np.maximum(out[:, logged], 0.0))
+    return out.astype(np.float32)
 
 
 def to_batch(table: pa.Table, cfg: ModelConfig, weight: np.ndarray, label: str = "label_click") -> Batch:
