@@ -1,7 +1,7 @@
 """The feature job: interaction events from Kafka into Feast's offline (Parquet) and online (Redis) stores.
 
     Kafka events ──► contract check ──► reject ─────────────────────────► dead-letter topic (with reason)
-       (watermark at source)    └─► valid ─► behind the watermark? ─────► late-events topic
+       (watermark at source)    └─► valid ─► late in its partition? ────► late-events topic
                                                └─► on time ─► dedup(event_id) ─► one windowed aggregation
                                                    per feature group (spec.py) ─► Parquet (committed on
                                                    checkpoint) and ─► FeastRedisSink (Feast's Redis layout)
@@ -99,6 +99,7 @@ def source_ddl(cfg: Settings, opt: JobOptions) -> str:
     return f"""
 CREATE TABLE events_raw (
   payload STRING,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_TEXT(payload, 'event_time') AS BIGINT), 3),
                          TO_TIMESTAMP_LTZ(0, 3)),
   WATERMARK FOR event_time AS event_time - {_interval(cfg.features.watermark_delay_s)}
@@ -157,6 +158,7 @@ def _checked_select() -> str:
   {parsed},
   extras,
   {reject_reason_sql()} AS reject_reason,
+  kafka_partition,
   CURRENT_WATERMARK(event_time) AS wm
 FROM events_raw, LATERAL TABLE({fields_sql()}) AS p"""
 
@@ -178,9 +180,10 @@ FROM (
 ) WHERE rn = 1"""
 
 
-def _materialize(t_env, name: str, query: str, watermark_floor: str | None = None) -> None:
+def _materialize(t_env, name: str, query: str, lateness_delay_ms: int | None = None) -> None:
     """Register `query` as view `name` behind a DataStream boundary (JVM only, no Python), with
-    `event_time` as its rowtime and the upstream watermark.
+    `event_time` as its rowtime and the upstream watermark. With `lateness_delay_ms`, the rows' `wm` column
+    is raised to the bound their lateness is judged against (flink_jobs/jvm PartitionLateness).
 
     The planner pushes each branch's projection down into shared sub-plans. Branches that need
     different columns then get their own copy: their own Kafka reader, their own dedup. The boundary
@@ -197,10 +200,11 @@ def _materialize(t_env, name: str, query: str, watermark_floor: str | None = Non
     )
     table = t_env.sql_query(query)
     stream = t_env.to_data_stream(table)
-    if watermark_floor:  # see flink_jobs/jvm WatermarkFloor: a restored job must not judge with no watermark
-        column = table.get_schema().get_field_names().index(watermark_floor)
-        floor = flink_private.jvm().io.flywheel.flink.WatermarkFloor(column)
-        stream = flink_private.transform(stream, "watermark-floor", flink_private.java_stream(stream).getType(), floor)
+    if lateness_delay_ms is not None:  # chained to the source: each partition's records in their order
+        names = table.get_schema().get_field_names()
+        fields = [names.index(c) for c in ("event_ts", "kafka_partition", "wm")]
+        judge = flink_private.jvm().io.flywheel.flink.PartitionLateness(*fields, lateness_delay_ms)
+        stream = flink_private.transform(stream, "lateness", flink_private.java_stream(stream).getType(), judge)
     t_env.create_temporary_view(name, t_env.from_data_stream(stream, schema))
 
 
@@ -223,9 +227,10 @@ def _stream_view(t_env, name: str, query: str, rowtime: str | None = None):
     return stream
 
 
-def _register_streams(t_env) -> None:
-    """events_checked (every record, with its verdict), events_ontime, events_clean (deduplicated)."""
-    _materialize(t_env, "events_checked", _checked_select(), watermark_floor="wm")
+def _register_streams(t_env, cfg: Settings) -> None:
+    """events_checked (every record, with its verdict and lateness bound), events_ontime, events_clean
+    (deduplicated)."""
+    _materialize(t_env, "events_checked", _checked_select(), lateness_delay_ms=cfg.features.watermark_delay_s * 1000)
     t_env.create_temporary_view(
         "events_ontime",
         t_env.sql_query("SELECT * FROM events_checked WHERE reject_reason IS NULL AND (wm IS NULL OR event_ts > wm)"),
@@ -473,25 +478,25 @@ def build(cfg: Settings, opt: JobOptions):
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     env, t_env = environment(cfg, opt)
     create_source(t_env, cfg, opt)
-    _register_streams(t_env)
+    _register_streams(t_env, cfg)
     t_env.execute_sql(_kafka_sink(cfg, "dead_letters", opt.dlq_topic, "reason STRING, payload STRING", opt))
     t_env.execute_sql(
         _kafka_sink(
             cfg,
             "late_events",
             opt.late_topic,
-            "payload STRING, event_time TIMESTAMP_LTZ(3), watermark_at_arrival TIMESTAMP_LTZ(3)",
+            "payload STRING, event_time TIMESTAMP_LTZ(3), kafka_partition INT, lateness_bound TIMESTAMP_LTZ(3)",
             opt,
         )
     )
     stmts = t_env.create_statement_set()
     # Every branch reads the same source columns, so the planner reuses one Kafka reader: the late and
-    # on-time branches must see the same watermark for each record, or the counts cannot reconcile.
+    # on-time branches must see the same verdict for each record, or the counts cannot reconcile.
     stmts.add_insert_sql(
         "INSERT INTO dead_letters SELECT reject_reason, payload FROM events_checked WHERE reject_reason IS NOT NULL"
     )
     stmts.add_insert_sql(
-        "INSERT INTO late_events SELECT payload, event_ts, wm FROM events_checked "
+        "INSERT INTO late_events SELECT payload, event_ts, kafka_partition, wm FROM events_checked "
         "WHERE reject_reason IS NULL AND wm IS NOT NULL AND event_ts <= wm"
     )
     # Audit: per-minute counts of on-time valid events and of those left after dedup, so that

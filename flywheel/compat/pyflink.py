@@ -40,6 +40,7 @@ def python_stream(java: Any) -> DataStream:
 
 
 def transform(stream: DataStream, name: str, type_info: Any, operator: Any) -> DataStream:
-    """`stream` through a Java one-input operator (PyFlink exposes no `transform`)."""
+    """`stream` through a Java one-input operator (PyFlink exposes no `transform`), at the parallelism of
+    `stream`: a forward edge, so each upstream subtask's records reach one operator subtask in their order."""
     java = java_stream(stream)
-    return python_stream(java.transform(name, type_info, operator))
+    return python_stream(java.transform(name, type_info, operator).setParallelism(java.getParallelism()))

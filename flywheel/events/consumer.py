@@ -48,6 +48,14 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> It
     Done is judged by the consumer's position, not by counting records: transactional topics (what
     Flink's exactly-once sinks write) hold commit markers that take offsets but are never delivered.
     """
+    for _, key, value in read_partitions(kafka, topic, timeout_s):
+        yield key, value
+
+
+def read_partitions(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 120.0
+) -> Iterator[tuple[int, bytes | None, bytes]]:
+    """`read_topic` with each record's partition; within a partition, records come in offset order."""
     ends = end_offsets(kafka, topic)
     todo = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
     if not todo:
@@ -77,7 +85,7 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0) -> It
                     raise KafkaException(err)
                 part, offset, value = msg.partition(), msg.offset(), msg.value()
                 if part in todo and offset is not None and offset < todo[part] and value is not None:
-                    yield msg.key(), value
+                    yield part, msg.key(), value
             for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= todo[tp.partition]:
                     del todo[tp.partition]

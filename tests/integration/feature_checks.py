@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -18,8 +19,17 @@ import pandas as pd
 from feature_repo.spec import GROUPS, FeatureGroup
 from flink_jobs.features import committed_parquet
 from flywheel.clients import feast_store
-from flywheel.events.consumer import read_topic
+from flywheel.events.consumer import read_partitions, read_topic
 from flywheel.events.schema import parse
+
+
+def all_rows(opt) -> dict[str, list]:
+    """Every committed row of every view and of the event log, sorted: what two runs must agree on."""
+    out = {}
+    for view in [g.name for g in GROUPS] + ["events"]:
+        rel = duckdb.sql(f"SELECT * EXCLUDE (dt, hr) FROM read_parquet('{opt.offline_dir}/{view}/*/*/part-*')")
+        out[view] = sorted(rel.fetchall(), key=repr)
+    return out
 
 
 def offline_rows(opt, g: FeatureGroup) -> pd.DataFrame:
@@ -28,9 +38,44 @@ def offline_rows(opt, g: FeatureGroup) -> pd.DataFrame:
     return duckdb.sql("SELECT * EXCLUDE (dt, hr) FROM read_parquet($f)", params={"f": files}).df()
 
 
+def _event_time_as_the_source_reads_it(raw: bytes) -> int:
+    """What the source's event-time column makes of a record (COALESCE(TRY_CAST(JSON_TEXT(...) AS BIGINT),
+    0)): an integer, or a string of one; anything else the epoch."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    value = doc.get("event_time") if isinstance(doc, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return 0
+
+
+def late_by_rule(cfg, topic: str) -> Counter[str]:
+    """The job's lateness rule, written out again over the source topic: per partition, in offset order, a
+    valid event is late when its event time is not above the highest event time of the records before it in
+    that partition (every record counts, as for the watermark) minus `features.watermark_delay_s`."""
+    delay_ms = cfg.features.watermark_delay_s * 1000
+    highest: dict[int, int] = {}
+    late: Counter[str] = Counter()
+    for partition, _, raw in read_partitions(cfg.kafka, topic):
+        before = highest.get(partition)
+        event, rejection = parse(raw)
+        if rejection is None and before is not None and event["event_time"] <= before - delay_ms:
+            late[raw.decode()] += 1
+        ms = _event_time_as_the_source_reads_it(raw)
+        if before is None or ms > before:
+            highest[partition] = ms
+    return late
+
+
 def clean_events(cfg, opt, sim) -> pd.DataFrame:
-    """Valid (Python validator), minus what the job reported late (as a multiset), deduplicated."""
+    """Valid (Python validator), minus the late ones (as a multiset), deduplicated. The job's late topic must
+    hold exactly the events the lateness rule names, whatever the timing of the run."""
     late = Counter(orjson.loads(v)["payload"] for _, v in read_topic(cfg.kafka, opt.late_topic))
+    assert late == late_by_rule(cfg, opt.topic), "the late topic differs from the lateness rule"
     seen: set[str] = set()
     rows = []
     for raw in sim.values:

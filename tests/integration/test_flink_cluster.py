@@ -11,7 +11,7 @@ import duckdb
 import orjson
 import pytest
 
-from feature_repo.spec import GROUPS, group
+from feature_repo.spec import group
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel.clients import feast_store
@@ -32,6 +32,7 @@ from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.stack.services import Flink, Redis
 from tests.integration.feature_checks import (
+    all_rows,
     assert_offline_matches_reference,
     assert_online_matches_offline,
     await_online_matches_offline,
@@ -159,21 +160,13 @@ def _caught_up(cfg, opt, expected: int, timeout_s: float = 600) -> None:
         time.sleep(2)
 
 
-def _all_rows(opt) -> dict[str, list]:
-    out = {}
-    for view in [g.name for g in GROUPS] + ["events"]:
-        rel = duckdb.sql(f"SELECT * EXCLUDE (dt, hr) FROM read_parquet('{opt.offline_dir}/{view}/*/*/part-*')")
-        out[view] = sorted(rel.fetchall(), key=repr)
-    return out
-
-
 def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
     """The same events through one uninterrupted run and through a run stopped with a savepoint halfway
     and resumed from it: identical Parquet rows in every view and in the event log.
 
     The second half starts with late events (hours behind the watermark). The resumed job reads them
     first, before its source has a watermark again: they must still go to the late topic, as they do
-    in the uninterrupted run (flink_jobs/jvm WatermarkFloor), not be dropped by the restored windows."""
+    in the uninterrupted run (flink_jobs/jvm PartitionLateness), not be dropped by the restored windows."""
     feast_store.apply(cfg)  # the Redis sink is configured from the registry (when this test runs alone)
     sim = simulate(
         SimConfig(events=8_000, users=200, items=80, categories=5, days=1.0, seed=21,
@@ -206,7 +199,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
             orjson.loads(orjson.loads(v)["payload"])["event_id"] for _, v in read_topic(cfg.kafka, opt.late_topic)
         }
         assert {f"late-{i}" for i in range(len(late))} <= late_ids, "a late event was not sent to the late topic"
-        runs.append(_all_rows(opt))
+        runs.append(all_rows(opt))
     uninterrupted, resumed = runs
     for view, rows in uninterrupted.items():
         assert rows, view
