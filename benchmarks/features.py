@@ -151,7 +151,7 @@ def naive_consumer(cfg: Settings, topic: str, events: int, log=print) -> float:
 
     c = Consumer(
         {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            **cfg.kafka.client_config(),
             "group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

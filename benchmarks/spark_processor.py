@@ -179,7 +179,8 @@ def processor_seconds(cfg: Settings, topic: str, events: int, log=print) -> floa
         config = SparkProcessorConfig(
             mode="spark", source="kafka", spark_session=spark, processing_time="1 second", query_timeout=1
         )
-        options = {"startingOffsets": "earliest", "maxOffsetsPerTrigger": str(MAX_OFFSETS_PER_TRIGGER)}
+        options = {"startingOffsets": "earliest", "maxOffsetsPerTrigger": str(MAX_OFFSETS_PER_TRIGGER),
+                   **{f"kafka.{k}": v for k, v in cfg.kafka.java_config(shaded=False).items()}}  # fmt: skip
         for view in views:
             shutil.rmtree(FEAST_CHECKPOINT, ignore_errors=True)  # else the query resumes the last one's offsets
             t0 = time.perf_counter()

@@ -74,6 +74,11 @@ def table_env(cfg: Settings, streaming: bool = True, remote: bool = False, paral
     return t_env
 
 
+def kafka_security_options(cfg: Settings) -> dict[str, str]:
+    """The Kafka connector's security properties (SASL, TLS) from `kafka.*`: its kafka-clients is shaded."""
+    return {f"properties.{k}": v for k, v in cfg.kafka.java_config(shaded=True).items()}
+
+
 def kafka_source_options(cfg: Settings, topic: str, group_id: str, bounded: bool = False) -> dict[str, str]:
     opts = {
         "connector": "kafka",
@@ -81,6 +86,7 @@ def kafka_source_options(cfg: Settings, topic: str, group_id: str, bounded: bool
         "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
         "properties.group.id": group_id,
         "scan.startup.mode": "earliest-offset",
+        **kafka_security_options(cfg),
     }
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
@@ -88,4 +94,9 @@ def kafka_source_options(cfg: Settings, topic: str, group_id: str, bounded: bool
 
 
 def with_clause(options: dict[str, str]) -> str:
-    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
+    return ",\n  ".join(f"'{k}' = '{_quoted(v)}'" for k, v in options.items())
+
+
+def _quoted(value: str) -> str:
+    """A value inside a SQL string literal (a password may hold a quote)."""
+    return str(value).replace("'", "''")

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from feature_repo.spec import EXAMINATION_ETA, GROUPS, FeatureGroup
 from flink_jobs import online_sink
-from flink_jobs.common import FUNCTIONS, connector_jars, embedded_logs_to_file, with_clause
+from flink_jobs.common import FUNCTIONS, connector_jars, embedded_logs_to_file, kafka_security_options, with_clause
 from flink_jobs.contract_sql import fields_sql, reject_reason_sql
 from flywheel.compat import pyflink as flink_private
 from flywheel.settings import Settings
@@ -90,6 +90,7 @@ def source_ddl(cfg: Settings, opt: JobOptions) -> str:
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
         "format": "raw",
+        **kafka_security_options(cfg),
     }
     if opt.bounded:
         kafka["scan.bounded.mode"] = "latest-offset"
@@ -125,6 +126,7 @@ def _kafka_sink(cfg: Settings, name: str, topic: str, columns: str, opt: JobOpti
         "sink.delivery-guarantee": "exactly-once",
         "sink.transactional-id-prefix": f"{opt.job_name}-{name}",
         "properties.transaction.timeout.ms": "900000",
+        **kafka_security_options(cfg),
     }
     return f"CREATE TABLE {name} ({columns}) WITH (\n  {with_clause(props)}\n)"
 

@@ -43,12 +43,66 @@ class TopicNames(_Model):
     late: str
 
 
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+FLINK_KAFKA_SHADED = "org.apache.flink.kafka.shaded."  # where Flink's SQL Kafka connector relocates kafka-clients
+
+
 class KafkaSettings(_Model):
     bootstrap_servers: str
     controller_port: int
     heap: str
     partitions: int
     topics: TopicNames
+    # How every client Flywheel runs talks to the brokers. A local broker (`flywheel infra up`) speaks
+    # PLAINTEXT or SASL_PLAINTEXT with SCRAM; TLS (SSL, SASL_SSL) is for remote brokers.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_location: str | None = None  # a PEM bundle of the CAs to trust; None: the system's
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def credentials(self) -> tuple[str, str]:
+        if self.username is None or self.password is None:
+            raise FlywheelError(
+                f"kafka.security_protocol is {self.security_protocol}: set FLYWHEEL_KAFKA__USERNAME and "
+                "FLYWHEEL_KAFKA__PASSWORD (for a local broker `flywheel infra up` generates them into var/secrets.env)"
+            )
+        return self.username, self.password.get_secret_value()
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka's connection settings: every confluent-kafka producer, consumer and admin client."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol.lower()
+        if self.sasl:
+            user, password = self.credentials()
+            conf |= {"sasl.mechanisms": self.sasl_mechanism, "sasl.username": user, "sasl.password": password}
+        if self.tls and self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+    def java_config(self, shaded: bool) -> dict[str, str]:
+        """The Java client's security settings (without the servers), for Flink's Kafka connector (`shaded`:
+        its kafka-clients is relocated) or Spark's."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        conf: dict[str, str] = {"security.protocol": self.security_protocol}
+        if self.sasl:
+            user, password = self.credentials()
+            module = (FLINK_KAFKA_SHADED if shaded else "") + SCRAM_LOGIN_MODULE
+            conf |= {"sasl.mechanism": self.sasl_mechanism,
+                     "sasl.jaas.config": f'{module} required username="{user}" password="{password}";'}  # fmt: skip
+        if self.tls and self.ssl_ca_location:
+            conf |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_location}
+        return conf
 
     @property
     def host(self) -> str:

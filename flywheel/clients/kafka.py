@@ -11,7 +11,7 @@ from flywheel.settings import KafkaSettings
 
 
 def admin(kafka: KafkaSettings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 3})
+    return AdminClient({**kafka.client_config(), "log_level": 3})
 
 
 def broker_ready(kafka: KafkaSettings, timeout_s: float = 3.0) -> bool:

@@ -17,7 +17,7 @@ LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILAB
 def end_offsets(kafka: KafkaSettings, topic: str, retry_s: float = 30.0) -> dict[int, tuple[int, int]]:
     """partition -> (low, high) watermark offsets. Retriable errors (a partition whose leader is still
     being elected after a broker restart) are retried for up to `retry_s`."""
-    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "flywheel-offsets", "log_level": 3})
+    c = Consumer({**kafka.client_config(), "group.id": "flywheel-offsets", "log_level": 3})
     deadline = time.monotonic() + retry_s
     try:
         while True:
@@ -62,7 +62,7 @@ def read_partitions(
         return
     c = Consumer(
         {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.client_config(),
             "group.id": f"flywheel-reader-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

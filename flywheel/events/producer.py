@@ -36,7 +36,7 @@ class EventProducer:
         """`on_failure(value, reason)` receives each record Kafka did not take (a service dead-letters it
         there and keeps going); without it, `flush` raises."""
         conf = {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **kafka.client_config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,

@@ -21,7 +21,7 @@ import redis
 import requests
 
 from flywheel.clients.kafka import broker_ready, ensure_topics
-from flywheel.settings import REPO_ROOT, Settings, is_loopback, read_env_file
+from flywheel.settings import REPO_ROOT, SCRAM_LOGIN_MODULE, Settings, is_loopback, read_env_file
 from flywheel.stack.processes import (
     InfraError,
     ManagedProcess,
@@ -132,7 +132,9 @@ class Service(ABC):
 
 
 class Kafka(Service):
-    """Single-node Kafka 4.x in KRaft mode (broker + controller in one JVM)."""
+    """Single-node Kafka 4.x in KRaft mode (broker + controller in one JVM). With `kafka.security_protocol:
+    SASL_PLAINTEXT` its client listener takes only SCRAM-authenticated clients; the user (`kafka.username`,
+    `kafka.password`) is created when the storage is formatted."""
 
     name = "kafka"
 
@@ -166,7 +168,19 @@ class Kafka(Service):
         classpath = self.classpath()
         k = self.cfg.kafka
         require_free_port("kafka controller", self.host, k.controller_port, self.env_hint)
+        if k.tls:
+            raise InfraError(
+                f"kafka.security_protocol {k.security_protocol}: the local broker speaks PLAINTEXT or SASL_PLAINTEXT; "
+                "TLS needs a broker of your own (FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS, FLYWHEEL_KAFKA__SSL_CA_LOCATION)"
+            )
         data = self.dir / "data"
+        scram_user = self.dir / "scram-user"  # who the storage was formatted with
+        if k.sasl and (data / "meta.properties").exists() and not scram_user.exists():
+            raise InfraError(
+                f"the local Kafka storage in {data} was formatted without SCRAM users, so a SASL broker would refuse "
+                "everyone: `flywheel infra down --purge` (its topics go) and `flywheel infra up` again"
+            )
+        listener = k.security_protocol
         props = self.dir / "server.properties"
         props.write_text(
             "\n".join(
@@ -174,11 +188,12 @@ class Kafka(Service):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers={self.host}:{k.controller_port}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    f"listeners={listener}://{self.host}:{self.port},CONTROLLER://{self.host}:{k.controller_port}",
+                    f"advertised.listeners={listener}://{self.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"inter.broker.listener.name={listener}",
+                    f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+                    *self._sasl_properties(),
                     f"log.dirs={data}",
                     f"num.partitions={k.partitions}",
                     "offsets.topic.replication.factor=1",
@@ -195,6 +210,7 @@ class Kafka(Service):
             )
             + "\n"
         )
+        props.chmod(0o600)  # with SASL it holds the broker's own password
         log4j = self.dir / "log4j2.properties"
         log4j.write_text(
             "rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
@@ -205,23 +221,32 @@ class Kafka(Service):
         )
         jvm = [java, f"-Xmx{k.heap}", f"-Xms{k.heap}", f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
         if not (data / "meta.properties").exists():
-            fmt = subprocess.run(
-                [
-                    *jvm,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--standalone",
-                    "-t",
-                    str(uuid.uuid4()).replace("-", "")[:22],
-                    "-c",
-                    str(props),
-                ],
-                capture_output=True,
-                text=True,
-            )
+            scram = []
+            if k.sasl:
+                user, password = k.credentials()
+                scram = ["--add-scram", f"{k.sasl_mechanism}=[name={user},password={password}]"]
+            cluster_id = str(uuid.uuid4()).replace("-", "")[:22]
+            fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
+                                  "-c", str(props), *scram], capture_output=True, text=True)  # fmt: skip
             if fmt.returncode != 0:
                 raise InfraError(f"kafka: formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
+            if k.sasl:
+                scram_user.write_text(k.credentials()[0] + "\n")
         self.proc.start([*jvm, "kafka.Kafka", str(props)], self.log_file, marker=str(props))
+
+    def _sasl_properties(self) -> list[str]:
+        """SCRAM on the client listener; the broker authenticates to itself as the same user."""
+        k = self.cfg.kafka
+        if not k.sasl:
+            return []
+        user, password = k.credentials()
+        mechanism = k.sasl_mechanism
+        return [
+            f"sasl.enabled.mechanisms={mechanism}",
+            f"sasl.mechanism.inter.broker.protocol={mechanism}",
+            f"listener.name.{k.security_protocol.lower()}.{mechanism.lower()}.sasl.jaas.config="
+            f'{SCRAM_LOGIN_MODULE} required username="{user}" password="{password}";',
+        ]
 
     def after_start(self) -> None:
         ensure_topics(self.cfg.kafka)
@@ -503,10 +528,14 @@ def ensure_local_secrets(cfg: Settings) -> bool:
     Returns True when the file was (re)written, so callers reload settings.
     """
     current = read_env_file(cfg.secrets_file)
+    local_sasl = cfg.kafka.sasl and is_loopback(cfg.kafka.host)
     wanted = {
         "FLYWHEEL_REDIS__PASSWORD": None if cfg.redis.password else secrets.token_urlsafe(18),
         "FLYWHEEL_AIRFLOW__PASSWORD": None if cfg.airflow.password else secrets.token_urlsafe(12),
         "FLYWHEEL_SERVING__TOKEN": None if cfg.serving.token else secrets.token_urlsafe(18),
+        # A local SASL broker's user (a remote broker's come from the environment).
+        "FLYWHEEL_KAFKA__USERNAME": "flywheel" if local_sasl and not cfg.kafka.username else None,
+        "FLYWHEEL_KAFKA__PASSWORD": secrets.token_urlsafe(18) if local_sasl and not cfg.kafka.password else None,
         "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
     }

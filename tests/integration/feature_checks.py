@@ -246,7 +246,7 @@ def markers(cfg, topic: str, at_ms: int, tag: str = "marker") -> None:
     markers' own windows stay open. Event ids are `<tag>-<partition>`."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    p = Producer(cfg.kafka.client_config())
     for part in range(cfg.kafka.partitions):
         event = {"schema_version": 1, "event_id": f"{tag}-{part}", "user_id": f"marker-{part}", "item_id": "marker",
                  "item_category": "marker", "event_type": "impression", "position": 1, "propensity": 1.0,

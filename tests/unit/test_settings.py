@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import REPO_ROOT, load_settings
 
 
@@ -71,3 +72,29 @@ def test_the_newest_savepoint_or_retained_checkpoint_is_the_restore_point(tmp_pa
         os.utime(point / "_metadata", (1_800_000_000 - age, 1_800_000_000 - age))
     (tmp_path / "flink" / "checkpoints" / "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c" / "shared").mkdir()
     assert latest_restore_point(cfg) == str(points[1])
+
+
+def test_kafka_security_reaches_librdkafka_and_the_java_clients(tmp_path):
+    base = {"FLYWHEEL_VAR_DIR": str(tmp_path), "FLYWHEEL_KAFKA__BOOTSTRAP_SERVERS": "kafka.prod:9094"}
+    plain = load_settings(base).kafka
+    assert plain.client_config() == {"bootstrap.servers": "kafka.prod:9094"} and plain.java_config(shaded=True) == {}
+    secure = {"FLYWHEEL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "FLYWHEEL_KAFKA__USERNAME": "app",
+              "FLYWHEEL_KAFKA__PASSWORD": "p'w", "FLYWHEEL_KAFKA__SSL_CA_LOCATION": "/etc/ca.pem"}  # fmt: skip
+    k = load_settings({**base, **secure}).kafka
+    assert k.client_config() == {"bootstrap.servers": "kafka.prod:9094", "security.protocol": "sasl_ssl",
+                                 "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "app", "sasl.password": "p'w",
+                                 "ssl.ca.location": "/etc/ca.pem"}  # fmt: skip
+    flink = k.java_config(shaded=True)
+    assert flink["sasl.jaas.config"] == (
+        "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="app" password="p\'w";'
+    )
+    assert flink["security.protocol"] == "SASL_SSL" and flink["ssl.truststore.type"] == "PEM"
+    assert k.java_config(shaded=False)["sasl.jaas.config"].startswith("org.apache.kafka.common.security.scram.")
+    assert "p'w" not in repr(k)
+
+
+def test_sasl_without_credentials_names_the_fix(tmp_path):
+    k = load_settings({"FLYWHEEL_VAR_DIR": str(tmp_path), "FLYWHEEL_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT"}).kafka
+    with pytest.raises(FlywheelError, match="FLYWHEEL_KAFKA__USERNAME and FLYWHEEL_KAFKA__PASSWORD"):
+        k.client_config()
