@@ -1,5 +1,5 @@
 # Flywheel: the commands a newcomer needs. `make setup` is idempotent and runs first everywhere.
-.PHONY: setup demo test test-unit test-jvm test-integration bench lint down
+.PHONY: setup demo test test-faults test-unit test-jvm test-integration bench lint down
 
 PYTEST = .venv/bin/pytest -q --durations=15
 
@@ -14,7 +14,11 @@ demo: setup
 test: setup
 	bash tests/jvm/run.sh
 	$(PYTEST) tests/unit
-	$(PYTEST) tests/integration
+	$(PYTEST) tests/integration -m "not faults"
+
+# The fault matrix's slow rows (kills and outages on the real stack, minutes each): CI runs them after `make test`.
+test-faults: setup
+	$(PYTEST) tests/integration -m faults
 
 # The fast unit tests only (the slow ones train models or compare against Feast): a few seconds.
 test-unit: setup

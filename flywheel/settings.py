@@ -133,7 +133,8 @@ class RedisSettings(_Model):
 class FlinkSettings(_Model):
     rest_url: str
     rpc_port: int
-    taskmanager_slots: int
+    taskmanagers: int = Field(ge=1)  # local cluster: each in a working directory of its own
+    taskmanager_slots: int  # per TaskManager
     parallelism: int
     jobmanager_memory: str
     taskmanager_memory: str

@@ -12,6 +12,7 @@ TEST_ENV = {
     "FLYWHEEL_REDIS__PORT": "16379",
     "FLYWHEEL_FLINK__REST_URL": "http://127.0.0.1:18081",
     "FLYWHEEL_FLINK__RPC_PORT": "16123",
+    "FLYWHEEL_FLINK__TASKMANAGERS": "2",  # the cluster tests run a job across two
     "FLYWHEEL_AIRFLOW__URL": "http://127.0.0.1:18080",
     "FLYWHEEL_AIRFLOW__LOG_SERVER_PORT": "18793",
 }

@@ -299,15 +299,20 @@ class Redis(Service):
 
 
 class Flink(Service):
-    """Flink standalone session cluster: one JobManager, one TaskManager, from the apache-flink wheel."""
+    """Flink standalone session cluster from the apache-flink wheel: one JobManager and `flink.taskmanagers`
+    TaskManagers, each with a working directory, temporary directories and a log of its own: they share
+    only what a multi-node cluster shares (the checkpoint and savepoint storage, the offline store URI)."""
 
     name = "flink"
     health_timeout_s = 120.0
 
     def __init__(self, cfg: Settings):
         super().__init__(cfg)
-        self.tm_proc = ManagedProcess("flink-taskmanager", cfg.var_dir / "run")
-        self.tm_log = cfg.var_dir / "log" / "flink-taskmanager.log"
+        n = cfg.flink.taskmanagers
+        # The first keeps the name of a single TaskManager's files (a stack started before stays stoppable).
+        names = ["flink-taskmanager", *(f"flink-taskmanager-{i}" for i in range(1, n))]
+        self.tm_procs = [ManagedProcess(name, cfg.var_dir / "run") for name in names]
+        self.tm_logs = [cfg.var_dir / "log" / f"{name}.log" for name in names]
 
     @property
     def host(self) -> str:
@@ -334,7 +339,8 @@ class Flink(Service):
 
     def healthy(self) -> bool:
         ov = self.overview()
-        return ov.get("taskmanagers", 0) >= 1 and ov.get("slots-total", 0) >= 1
+        n = self.cfg.flink.taskmanagers
+        return ov.get("taskmanagers", 0) >= n and ov.get("slots-total", 0) >= n * self.cfg.flink.taskmanager_slots
 
     def flink_home(self) -> Path:
         import pyflink
@@ -412,35 +418,52 @@ class Flink(Service):
             marker="StandaloneSessionClusterEntrypoint",
             env=self.env(),
         )
-        self.start_taskmanager()
+        for i in range(len(self.tm_procs)):
+            self.start_taskmanager(i)
 
-    def start_taskmanager(self) -> int:
+    def taskmanager_dir(self, i: int) -> Path:
+        return self.dir / f"taskmanager-{i}"
+
+    def taskmanager_options(self, i: int) -> list[str]:
+        """The options that set TaskManager `i` apart from the others on this host."""
+        work = self.taskmanager_dir(i)
+        return [f"-D{k}={v}" for k, v in {
+            "taskmanager.resource-id": f"taskmanager-{i}",  # its name in the web UI and the REST API
+            "process.taskmanager.working-dir": work / "work",  # local state and blobs
+            "io.tmp.dirs": work / "tmp",  # spill files and the RocksDB backend's local directory
+        }.items()]  # fmt: skip
+
+    def start_taskmanager(self, i: int = 0) -> int:
         """Also used by fault-tolerance tests to replace a killed TaskManager."""
+        for sub in ("work", "tmp"):
+            (self.taskmanager_dir(i) / sub).mkdir(parents=True, exist_ok=True)
         bin_dir = self.flink_home() / "bin"
-        return self.tm_proc.start(
-            ["bash", str(bin_dir / "taskmanager.sh"), "start-foreground"],
-            self.tm_log,
+        return self.tm_procs[i].start(
+            ["bash", str(bin_dir / "taskmanager.sh"), "start-foreground", *self.taskmanager_options(i)],
+            self.tm_logs[i],
             marker="TaskManagerRunner",
             env=self.env(),
         )
 
     def _alive(self) -> bool:
-        return self.proc.spawned_alive() and self.tm_proc.spawned_alive()
+        return self.proc.spawned_alive() and all(tm.spawned_alive() for tm in self.tm_procs)
 
     def up(self) -> str:
-        state = super().up()
-        if self.local and state == "already running" and self.tm_proc.pid() is None:
-            self.start_taskmanager()
-            wait_healthy(self.healthy, self.health_timeout_s, "flink taskmanager", self.tm_log, self._alive)
-            return "taskmanager restarted"
-        return state
+        missing = [i for i, tm in enumerate(self.tm_procs) if tm.pid() is None]
+        if not (self.local and self.proc.pid() is not None and missing):
+            return super().up()
+        for i in missing:  # the JobManager runs: start the TaskManagers that do not, before the health check
+            self.start_taskmanager(i)
+        wait_healthy(self.healthy, self.health_timeout_s, "flink taskmanager", self.tm_logs[missing[0]], self._alive)
+        self.after_start()
+        return "taskmanager restarted"
 
     def down(self) -> bool:
         if not self.local:
             return False
-        tm = self.tm_proc.stop()
+        tms = [tm.stop() for tm in self.tm_procs]
         jm = self.proc.stop()
-        return tm or jm
+        return any(tms) or jm
 
     def status(self) -> Status:
         st = super().status()

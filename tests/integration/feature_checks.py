@@ -267,3 +267,11 @@ def fresh_job(cfg, prefix: str, **overrides):
     opt = features.options(cfg, **{**given, **overrides})
     ensure_topics(cfg.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
     return opt
+
+
+def submit_args(opt) -> list[str]:
+    """`flink submit`'s job arguments for these options, bounded first (drop it for an unbounded run)."""
+    given = {"--topic": opt.topic, "--group-id": opt.group_id, "--dlq-topic": opt.dlq_topic,
+             "--late-topic": opt.late_topic, "--offline-dir": str(opt.offline_dir),
+             "--job-name": opt.job_name}  # fmt: skip
+    return ["--bounded", *(x for pair in given.items() for x in pair)]

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import uuid
+import zlib
 
 import duckdb
 import orjson
@@ -21,6 +22,7 @@ from flywheel.clients.flink import (
     completed_checkpoints,
     job,
     list_jobs,
+    rest,
     stop_with_savepoint,
     submit,
     wait_state,
@@ -38,6 +40,7 @@ from tests.integration.feature_checks import (
     await_online_matches_offline,
     fresh_job,
     markers,
+    submit_args,
 )
 
 pytestmark = pytest.mark.integration
@@ -63,24 +66,6 @@ def _prepare(cfg, sim_cfg: SimConfig, first: int | None = None):
     return opt, sim
 
 
-def _args(opt) -> list[str]:
-    return [
-        "--bounded",
-        "--topic",
-        opt.topic,
-        "--group-id",
-        opt.group_id,
-        "--dlq-topic",
-        opt.dlq_topic,
-        "--late-topic",
-        opt.late_topic,
-        "--offline-dir",
-        str(opt.offline_dir),
-        "--job-name",
-        opt.job_name,
-    ]
-
-
 def test_submitted_job_runs_on_the_cluster_without_python_and_writes_both_stores(cfg):
     """No Python at run time: the TaskManager is told to start Python workers with an interpreter that does
     not exist, so any Python operator would fail the job. It finishes, reconciles, has no Python vertex,
@@ -89,7 +74,7 @@ def test_submitted_job_runs_on_the_cluster_without_python_and_writes_both_stores
     faults = Faults(duplicate_rate=0.02, malformed_rate=0.01)
     world = SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=5, faults=faults)
     opt, sim = _prepare(cfg, world)
-    job_id = submit(cfg, _args(opt), pyexec="/nonexistent/python3")
+    job_id = submit(cfg, submit_args(opt), pyexec="/nonexistent/python3")
     assert any(j["jid"] == job_id and j["name"] == opt.job_name for j in list_jobs(cfg))
     assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
     vertices = [v["name"] for v in job(cfg, job_id)["vertices"]]
@@ -111,10 +96,20 @@ def _second_checkpoint(cfg, job_id: str, timeout_s: float = 300) -> None:
         time.sleep(0.5)
 
 
+def _taskmanagers_of(cfg, job_id: str) -> set[str]:
+    """The TaskManagers (resource ids) that run a subtask of the job."""
+    out: set[str] = set()
+    for vertex in job(cfg, job_id)["vertices"]:
+        answer = rest(cfg, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
+        out |= {tm["taskmanager-id"] for tm in answer["taskmanagers"]}
+    return out
+
+
 def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
-    """SIGKILL the TaskManager of a running job after a completed checkpoint and start a new one: the job
-    restores from the checkpoint and goes on. Parquet then has no duplicate and no missing value against
-    the reference, the counts reconcile, and Redis holds what the offline store holds.
+    """The job at parallelism 4 across the test cluster's two TaskManagers (two slots each, separate working
+    directories): SIGKILL one of them after a completed checkpoint and start a new one; the job restores
+    from the checkpoint and goes on. Parquet then has no duplicate and no missing value against the
+    reference, the counts reconcile, and Redis holds what the offline store holds.
 
     The job is unbounded, and half the events are produced only after the kill: a bounded job on this
     machine can reach the end of its input before its first checkpoint completes, and then there is
@@ -124,14 +119,16 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     faults = Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
     world = SimConfig(events=40_000, users=400, items=150, categories=6, days=1.5, seed=9, faults=faults)
     opt, sim = _prepare(cfg, world, first=20_000)
-    job_id = submit(cfg, _args(opt)[1:])  # unbounded
-    _second_checkpoint(cfg, job_id)
     flink = Flink(cfg)
-    # The TaskManager and its process group, as when its machine dies.
-    os.killpg(flink.tm_proc.pid(), signal.SIGKILL)
+    assert len(flink.tm_procs) == 2 and cfg.flink.taskmanager_slots == 2, "the test stack runs 2 TaskManagers"
+    job_id = submit(cfg, [*submit_args(opt)[1:], "--parallelism", "4"])  # unbounded
+    _second_checkpoint(cfg, job_id)
+    assert _taskmanagers_of(cfg, job_id) == {"taskmanager-0", "taskmanager-1"}
+    # One TaskManager and its process group, as when its machine dies.
+    os.killpg(flink.tm_procs[1].pid(), signal.SIGKILL)
     # SIGKILL is delivered asynchronously: until the process is gone, `up()` still sees it running.
     deadline = time.monotonic() + 30
-    while flink.tm_proc.pid() is not None:
+    while flink.tm_procs[1].pid() is not None:
         assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
         time.sleep(0.05)
     assert flink.up() == "taskmanager restarted"
@@ -144,6 +141,75 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
 
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
     assert r.accounted == 40_000 and r.events_in == 40_000 + cfg.kafka.partitions, r.as_dict()  # + the markers
+    log = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
+    ).fetchall()[0]
+    assert log[0] == log[1] == r.aggregated, (log, r.as_dict())
+    for name in ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click"):
+        assert_offline_matches_reference(cfg, opt, sim, group(name))  # also: no duplicate rows
+
+
+def _produce_skewed(cfg, keys: list[bytes], values: list[bytes], topic: str) -> None:
+    """Eight users in ten write to partition 0, the rest spread over the others (a user always to the same
+    one): the sources of the small partitions reach the end of a bounded input long before the big one."""
+    from confluent_kafka import Producer
+
+    producer = Producer({**cfg.kafka.client_config(), "linger.ms": 20})
+    n = cfg.kafka.partitions
+    for key, value in zip(keys, values, strict=True):
+        h = zlib.crc32(key or b"")
+        producer.produce(topic, value=value, key=key, partition=0 if h % 10 < 8 else 1 + h % (n - 1))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def _subtask_states(cfg, job_id: str, vertex_name: str) -> list[str]:
+    vertex = next(v for v in job(cfg, job_id)["vertices"] if vertex_name in v["name"])
+    return [t["status"] for t in rest(cfg, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]]
+
+
+def _kill_taskmanager(flink: Flink, i: int) -> None:
+    """SIGKILL TaskManager `i` and its process group, as when its machine dies, and start another."""
+    os.killpg(flink.tm_procs[i].pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while flink.tm_procs[i].pid() is not None:  # SIGKILL is delivered asynchronously
+        assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
+        time.sleep(0.05)
+    assert flink.up() == "taskmanager restarted"
+
+
+@pytest.mark.faults
+def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_nothing(cfg, monkeypatch):
+    """A bounded run at parallelism 4 over two TaskManagers, its small partitions' sources finishing long
+    before the big one's. Once some sources have finished and a checkpoint has recorded them, one
+    TaskManager is killed; once the job has restored and checkpointed again, the other. The job finishes by
+    itself, and its outputs are exact: counts reconcile, the event log has each event once, and four views
+    equal the reference at every window end with no duplicate row."""
+    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "1000")  # read by `flink run`'s client
+    Redis(cfg).client().flushdb()
+    faults = Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
+    world = SimConfig(events=100_000, users=400, items=150, categories=6, days=1.5, seed=23, faults=faults)
+    opt, sim = _prepare(cfg, world, first=0)
+    _produce_skewed(cfg, sim.keys, sim.values, opt.topic)
+    flink = Flink(cfg)
+    job_id = submit(cfg, [*submit_args(opt), "--parallelism", "4"])
+    deadline = time.monotonic() + 300
+    while "FINISHED" not in _subtask_states(cfg, job_id, "Source"):
+        assert job(cfg, job_id)["state"] == "RUNNING" and time.monotonic() < deadline, "no source finished first"
+        time.sleep(0.2)
+    for i in (1, 0):
+        done = completed_checkpoints(cfg, job_id)
+        while completed_checkpoints(cfg, job_id) <= done:
+            assert job(cfg, job_id)["state"] == "RUNNING", "the input ended before the kills: make it longer"
+            time.sleep(0.2)
+        _kill_taskmanager(flink, i)
+    assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
+    assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
+    assert checkpoints(cfg, job_id)["counts"]["restored"] >= 2, checkpoints(cfg, job_id)["counts"]
+
+    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    assert r.events_in == len(sim.values) and r.pending == 0, r.as_dict()
+    assert r.dead_lettered == sim.stats.malformed
     log = duckdb.sql(
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
     ).fetchall()[0]
@@ -182,7 +248,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         opt = fresh_job(cfg, "sp")
         if interrupted:
             Redis(cfg).client().flushdb()
-        args = _args(opt)[1:]  # unbounded
+        args = submit_args(opt)[1:]  # unbounded
         write_records(cfg.kafka, sim.keys[:half], sim.values[:half], opt.topic)
         job_id = submit(cfg, args)
         _second_checkpoint(cfg, job_id)

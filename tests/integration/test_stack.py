@@ -33,7 +33,7 @@ def test_status_reports_health_urls_and_slots(cfg):
     rows = {s.name: s for s in stack.status(["kafka", "redis", "flink"], cfg)}
     assert all(r.healthy and r.managed for r in rows.values())
     assert rows["flink"].url == "http://127.0.0.1:18081"
-    assert "1 taskmanager(s)" in rows["flink"].detail and "/2 slots" in rows["flink"].detail
+    assert "2 taskmanager(s)" in rows["flink"].detail and "/4 slots" in rows["flink"].detail  # the test stack's two
 
 
 def test_kafka_topics_created(cfg):

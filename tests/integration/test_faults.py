@@ -1,0 +1,117 @@
+"""Fault-matrix rows of the feature job that the other modules do not cover (the matrix is in
+docs/testing.md): each runs the job through a failure on the real stack and holds it to the same oracle
+as the feature-job tests (counts reconcile exactly, the event log has each accepted event once, every view
+equals the independent reference, the late topic is the lateness rule's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from feature_repo.spec import GROUPS
+from flink_jobs import features
+from flink_jobs.reconcile import reconcile
+from flywheel.clients import feast_store
+from flywheel.clients.flink import cancel, rest, submit
+from flywheel.events.producer import write_records
+from flywheel.events.simulator import Faults, SimConfig, simulate
+from flywheel.polling import wait_until
+from flywheel.settings import load_settings
+from flywheel.stack.services import Kafka
+from tests.integration.feature_checks import assert_offline_matches_reference, fresh_job, markers, submit_args
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
+
+
+def test_a_kafka_broker_stopped_for_30_s_mid_run_loses_nothing(cfg, monkeypatch):
+    """The broker stops for 30 s while the job runs and starts again, and events keep coming after it: the
+    job rides through or restarts from its checkpoint by itself (no one resubmits it), and in the end
+    nothing is lost or counted twice."""
+    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "2000")
+    settings = load_settings()
+    feast_store.apply(settings)
+    opt = fresh_job(settings, "kafka-outage")
+    sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=19, faults=FAULTS))
+    half = len(sim.values) // 2
+    write_records(settings.kafka, sim.keys[:half], sim.values[:half], opt.topic)
+    job = features.run(settings, opt, wait=False)
+
+    def accounted() -> int:
+        return reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted
+
+    try:
+        wait_until(accounted, 300, "the first checkpoint", interval_s=1, retry_on=(FileNotFoundError, ValueError))
+        kafka = Kafka(settings)
+        assert kafka.down()
+        time.sleep(30)
+        assert kafka.up() == "started"
+        write_records(settings.kafka, sim.keys[half:], sim.values[half:], opt.topic)
+        markers(settings, opt.topic, int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000)
+        wait_until(lambda: accounted() >= len(sim.values), 600, "the job to catch up after the outage", interval_s=2)
+        assert job.get_job_status().result().name == "RUNNING"
+    finally:
+        job.cancel().result()
+    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    assert r.accounted == len(sim.values) and r.events_in == len(sim.values) + settings.kafka.partitions, r.as_dict()
+    assert r.dead_lettered == sim.stats.malformed
+    n, distinct = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
+    ).fetchall()[0]
+    assert n == distinct == r.aggregated, (n, distinct, r.as_dict())
+    for g in GROUPS:
+        assert_offline_matches_reference(settings, opt, sim, g)  # also: no duplicate rows, late topic = the rule
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    assert done.returncode == 0, f"this test mounts a tmpfs (root with CAP_SYS_ADMIN): {done.stderr.decode()}"
+
+
+def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_lost(cfg, monkeypatch, tmp_path):
+    """The offline store on a 1 MB filesystem: the file sink cannot write its Parquet, the job fails, says
+    why ("No space left on device" in its exceptions) and restarts from its checkpoint, again and again.
+    Once the filesystem is grown, it goes on by itself, and in the end nothing is lost or written twice."""
+    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "2000")  # read by `flink run`'s client
+    settings = load_settings()
+    feast_store.apply(settings)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    _mount_tmpfs(offline, "1m")
+    job_id = None
+    try:
+        opt = fresh_job(settings, "full", offline_dir=offline)
+        sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=29, faults=FAULTS))
+        write_records(settings.kafka, sim.keys, sim.values, opt.topic)
+        job_id = submit(settings, submit_args(opt)[1:])  # unbounded
+
+        def out_of_space() -> bool:
+            return "No space left on device" in json.dumps(rest(settings, "GET", f"/jobs/{job_id}/exceptions"))
+
+        wait_until(out_of_space, 300, "the job to fail for want of space", interval_s=1)
+        subprocess.run(["mount", "-o", "remount,size=512m", str(offline)], check=True)
+        markers(settings, opt.topic, int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000)
+        wait_until(
+            lambda: reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, offline).accounted >= len(sim.values),
+            600, "the job to catch up once there is space", interval_s=2, retry_on=(FileNotFoundError, ValueError),
+        )  # fmt: skip
+        cancel(settings, job_id)
+        job_id = None
+        r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, offline)
+        assert r.accounted == len(sim.values), r.as_dict()
+        n, distinct = duckdb.sql(
+            f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{offline}/events/*/*/part-*')"
+        ).fetchall()[0]
+        assert n == distinct == r.aggregated, (n, distinct, r.as_dict())
+        for g in GROUPS:
+            assert_offline_matches_reference(settings, opt, sim, g)
+    finally:
+        if job_id is not None:
+            cancel(settings, job_id)
+        subprocess.run(["umount", "--lazy", str(offline)], check=False)
