@@ -47,6 +47,11 @@ SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
 FLINK_KAFKA_SHADED = "org.apache.flink.kafka.shaded."  # where Flink's SQL Kafka connector relocates kafka-clients
 
 
+def jaas_quoted(value: str) -> str:
+    """A JAAS option value: double-quoted, backslash and quote escaped (Kafka's JaasConfig tokenizer)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class KafkaSettings(_Model):
     bootstrap_servers: str
     controller_port: int
@@ -98,8 +103,8 @@ class KafkaSettings(_Model):
         if self.sasl:
             user, password = self.credentials()
             module = (FLINK_KAFKA_SHADED if shaded else "") + SCRAM_LOGIN_MODULE
-            conf |= {"sasl.mechanism": self.sasl_mechanism,
-                     "sasl.jaas.config": f'{module} required username="{user}" password="{password}";'}  # fmt: skip
+            login = f"username={jaas_quoted(user)} password={jaas_quoted(password)}"
+            conf |= {"sasl.mechanism": self.sasl_mechanism, "sasl.jaas.config": f"{module} required {login};"}
         if self.tls and self.ssl_ca_location:
             conf |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_location}
         return conf

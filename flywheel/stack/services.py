@@ -21,7 +21,7 @@ import redis
 import requests
 
 from flywheel.clients.kafka import broker_ready, ensure_topics
-from flywheel.settings import REPO_ROOT, SCRAM_LOGIN_MODULE, Settings, is_loopback, read_env_file
+from flywheel.settings import REPO_ROOT, SCRAM_LOGIN_MODULE, Settings, is_loopback, jaas_quoted, read_env_file
 from flywheel.stack.processes import (
     InfraError,
     ManagedProcess,
@@ -245,7 +245,7 @@ class Kafka(Service):
             f"sasl.enabled.mechanisms={mechanism}",
             f"sasl.mechanism.inter.broker.protocol={mechanism}",
             f"listener.name.{k.security_protocol.lower()}.{mechanism.lower()}.sasl.jaas.config="
-            f'{SCRAM_LOGIN_MODULE} required username="{user}" password="{password}";',
+            f"{SCRAM_LOGIN_MODULE} required username={jaas_quoted(user)} password={jaas_quoted(password)};",
         ]
 
     def after_start(self) -> None:

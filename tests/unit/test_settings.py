@@ -79,15 +79,15 @@ def test_kafka_security_reaches_librdkafka_and_the_java_clients(tmp_path):
     plain = load_settings(base).kafka
     assert plain.client_config() == {"bootstrap.servers": "kafka.prod:9094"} and plain.java_config(shaded=True) == {}
     secure = {"FLYWHEEL_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "FLYWHEEL_KAFKA__USERNAME": "app",
-              "FLYWHEEL_KAFKA__PASSWORD": "p'w", "FLYWHEEL_KAFKA__SSL_CA_LOCATION": "/etc/ca.pem"}  # fmt: skip
+              "FLYWHEEL_KAFKA__PASSWORD": "p'w\"x", "FLYWHEEL_KAFKA__SSL_CA_LOCATION": "/etc/ca.pem"}  # fmt: skip
     k = load_settings({**base, **secure}).kafka
     assert k.client_config() == {"bootstrap.servers": "kafka.prod:9094", "security.protocol": "sasl_ssl",
-                                 "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "app", "sasl.password": "p'w",
+                                 "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "app", "sasl.password": 'p\'w"x',
                                  "ssl.ca.location": "/etc/ca.pem"}  # fmt: skip
     flink = k.java_config(shaded=True)
-    assert flink["sasl.jaas.config"] == (
+    assert flink["sasl.jaas.config"] == (  # a double quote escaped: Kafka's JAAS tokenizer reads \" as "
         "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule required "
-        'username="app" password="p\'w";'
+        'username="app" password="p\'w\\"x";'
     )
     assert flink["security.protocol"] == "SASL_SSL" and flink["ssl.truststore.type"] == "PEM"
     assert k.java_config(shaded=False)["sasl.jaas.config"].startswith("org.apache.kafka.common.security.scram.")
