@@ -135,6 +135,17 @@ def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None
     _assert_rows_match_reference(_group_events(cfg, opt, sim, group), stored, group)
 
 
+def assert_exactly_once(cfg, opt, sim, aggregated: int, views: tuple[str, ...] | None = None) -> None:
+    """After a run through failures: the event log holds each of the `aggregated` events once, and each view
+    (default: every one) equals the reference at every window end with no duplicate row."""
+    n, distinct = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
+    ).fetchall()[0]
+    assert n == distinct == aggregated, (n, distinct, aggregated)
+    for g in GROUPS if views is None else [v for v in GROUPS if v.name in views]:
+        assert_offline_matches_reference(cfg, opt, sim, g)
+
+
 def assert_online_matches_reference(cfg, opt, sim, group: FeatureGroup, until_ms: int | None = None) -> None:
     """What the Feast SDK reads from Redis for 40 sampled keys is the reference as of the value's timestamp
     and of every window end after it up to `until_ms` (the watermark: later windows have not fired): each

@@ -246,10 +246,10 @@ def test_replays_of_a_topic_with_very_old_events_mixed_in_give_identical_outputs
         at = int(rng.integers(0, len(values)))
         keys.insert(at, keys[i])
         values.insert(at, orjson.dumps(old))
-    first = fresh_job(cfg, "replay")
+    first = fresh_job(cfg, "replay", bounded=True)
     write_records(cfg.kafka, keys, values, first.topic)
     runs = []
-    for opt in (first, fresh_job(cfg, "replay", topic=first.topic)):
+    for opt in (first, fresh_job(cfg, "replay", topic=first.topic, bounded=True)):
         features.run(cfg, opt)
         r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
         assert r.events_in == len(values) and r.pending == 0, r.as_dict()

@@ -6,13 +6,10 @@ import os
 import signal
 import time
 import uuid
-import zlib
 
-import duckdb
 import orjson
 import pytest
 
-from feature_repo.spec import group
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel.clients import feast_store
@@ -35,7 +32,7 @@ from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.stack.services import Flink, Redis
 from tests.integration.feature_checks import (
     all_rows,
-    assert_offline_matches_reference,
+    assert_exactly_once,
     assert_online_matches_offline,
     await_online_matches_offline,
     fresh_job,
@@ -44,6 +41,7 @@ from tests.integration.feature_checks import (
 )
 
 pytestmark = pytest.mark.integration
+FOUR_VIEWS = ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click")
 
 
 def _prepare(cfg, sim_cfg: SimConfig, first: int | None = None):
@@ -141,81 +139,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
 
     r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
     assert r.accounted == 40_000 and r.events_in == 40_000 + cfg.kafka.partitions, r.as_dict()  # + the markers
-    log = duckdb.sql(
-        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
-    ).fetchall()[0]
-    assert log[0] == log[1] == r.aggregated, (log, r.as_dict())
-    for name in ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click"):
-        assert_offline_matches_reference(cfg, opt, sim, group(name))  # also: no duplicate rows
-
-
-def _produce_skewed(cfg, keys: list[bytes], values: list[bytes], topic: str) -> None:
-    """Eight users in ten write to partition 0, the rest spread over the others (a user always to the same
-    one): the sources of the small partitions reach the end of a bounded input long before the big one."""
-    from confluent_kafka import Producer
-
-    producer = Producer({**cfg.kafka.client_config(), "linger.ms": 20})
-    n = cfg.kafka.partitions
-    for key, value in zip(keys, values, strict=True):
-        h = zlib.crc32(key or b"")
-        producer.produce(topic, value=value, key=key, partition=0 if h % 10 < 8 else 1 + h % (n - 1))
-        producer.poll(0)
-    assert producer.flush(60) == 0
-
-
-def _subtask_states(cfg, job_id: str, vertex_name: str) -> list[str]:
-    vertex = next(v for v in job(cfg, job_id)["vertices"] if vertex_name in v["name"])
-    return [t["status"] for t in rest(cfg, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]]
-
-
-def _kill_taskmanager(flink: Flink, i: int) -> None:
-    """SIGKILL TaskManager `i` and its process group, as when its machine dies, and start another."""
-    os.killpg(flink.tm_procs[i].pid(), signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while flink.tm_procs[i].pid() is not None:  # SIGKILL is delivered asynchronously
-        assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
-        time.sleep(0.05)
-    assert flink.up() == "taskmanager restarted"
-
-
-@pytest.mark.faults
-def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_nothing(cfg, monkeypatch):
-    """A bounded run at parallelism 4 over two TaskManagers, its small partitions' sources finishing long
-    before the big one's. Once some sources have finished and a checkpoint has recorded them, one
-    TaskManager is killed; once the job has restored and checkpointed again, the other. The job finishes by
-    itself, and its outputs are exact: counts reconcile, the event log has each event once, and four views
-    equal the reference at every window end with no duplicate row."""
-    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "1000")  # read by `flink run`'s client
-    Redis(cfg).client().flushdb()
-    faults = Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
-    world = SimConfig(events=100_000, users=400, items=150, categories=6, days=1.5, seed=23, faults=faults)
-    opt, sim = _prepare(cfg, world, first=0)
-    _produce_skewed(cfg, sim.keys, sim.values, opt.topic)
-    flink = Flink(cfg)
-    job_id = submit(cfg, [*submit_args(opt), "--parallelism", "4"])
-    deadline = time.monotonic() + 300
-    while "FINISHED" not in _subtask_states(cfg, job_id, "Source"):
-        assert job(cfg, job_id)["state"] == "RUNNING" and time.monotonic() < deadline, "no source finished first"
-        time.sleep(0.2)
-    for i in (1, 0):
-        done = completed_checkpoints(cfg, job_id)
-        while completed_checkpoints(cfg, job_id) <= done:
-            assert job(cfg, job_id)["state"] == "RUNNING", "the input ended before the kills: make it longer"
-            time.sleep(0.2)
-        _kill_taskmanager(flink, i)
-    assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
-    assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
-    assert checkpoints(cfg, job_id)["counts"]["restored"] >= 2, checkpoints(cfg, job_id)["counts"]
-
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
-    assert r.events_in == len(sim.values) and r.pending == 0, r.as_dict()
-    assert r.dead_lettered == sim.stats.malformed
-    log = duckdb.sql(
-        f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
-    ).fetchall()[0]
-    assert log[0] == log[1] == r.aggregated, (log, r.as_dict())
-    for name in ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click"):
-        assert_offline_matches_reference(cfg, opt, sim, group(name))  # also: no duplicate rows
+    assert_exactly_once(cfg, opt, sim, r.aggregated, FOUR_VIEWS)
 
 
 def _caught_up(cfg, opt, expected: int, timeout_s: float = 600) -> None:
