@@ -125,8 +125,9 @@ class Supervisor:
     def _hand_over(self, conn: socket.socket) -> bool:
         with self.lock:
             ready = [i for i, s in enumerate(self.slots) if s.usable and s.started.is_set()]
+            held = self.open_connections()
             # The fewest open connections; on a tie the fewest handed over, so one-off connections alternate.
-            for i in sorted(ready, key=lambda i: (self.slots[i].sent - self.closed[i], self.slots[i].sent)):
+            for i in sorted(ready, key=lambda i: (held[i], self.slots[i].sent)):
                 slot = self.slots[i]
                 try:
                     socket.send_fds(slot.channel, [b"c"], [conn.fileno()])

@@ -21,7 +21,7 @@ import redis
 import requests
 
 from flywheel.clients.kafka import broker_ready, ensure_topics
-from flywheel.settings import REPO_ROOT, SCRAM_LOGIN_MODULE, Settings, is_loopback, jaas_quoted, read_env_file
+from flywheel.settings import REPO_ROOT, Settings, is_loopback, read_env_file
 from flywheel.stack.processes import (
     InfraError,
     ManagedProcess,
@@ -239,13 +239,13 @@ class Kafka(Service):
         k = self.cfg.kafka
         if not k.sasl:
             return []
-        user, password = k.credentials()
         mechanism = k.sasl_mechanism
         return [
             f"sasl.enabled.mechanisms={mechanism}",
             f"sasl.mechanism.inter.broker.protocol={mechanism}",
+            # The broker's own login: the line its Java clients use (kafka-clients not relocated here).
             f"listener.name.{k.security_protocol.lower()}.{mechanism.lower()}.sasl.jaas.config="
-            f"{SCRAM_LOGIN_MODULE} required username={jaas_quoted(user)} password={jaas_quoted(password)};",
+            + k.java_config(shaded=False)["sasl.jaas.config"],
         ]
 
     def after_start(self) -> None:
