@@ -418,8 +418,10 @@ class Flink(Service):
             marker="StandaloneSessionClusterEntrypoint",
             env=self.env(),
         )
-        for i in range(len(self.tm_procs)):
-            self.start_taskmanager(i)
+        for i, tm in enumerate(self.tm_procs):
+            # After a JobManager crash the TaskManagers still run: they register with the new one by themselves.
+            if tm.pid() is None:
+                self.start_taskmanager(i)
 
     def taskmanager_dir(self, i: int) -> Path:
         return self.dir / f"taskmanager-{i}"

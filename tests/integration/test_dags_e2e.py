@@ -14,11 +14,7 @@ events go through Kafka and the Flink feature job into Parquet and Redis:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -29,24 +25,13 @@ from flywheel.clients import feast_store
 from flywheel.clients.kafka import ensure_topics
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
-from flywheel.settings import REPO_ROOT
 from flywheel.stack.services import Redis
+from tests.integration.dag_runs import airflow_env, run_dag
 from training import pipeline
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the weekly DAG's interval boundary is Monday 03:00
 
-RUN_DAG = r"""
-import importlib, json, sys
-import pendulum
-sys.path.insert(0, sys.argv[1])
-from airflow.sdk import DAG
-module = importlib.import_module(sys.argv[2])
-dag = next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == sys.argv[2])
-run = dag.test(logical_date=pendulum.parse(sys.argv[3]))
-tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("RESULT " + json.dumps({"state": str(run.state), "tasks": tasks}))
-"""
 WEEKLY, DAILY = "retrain_weekly_incremental", "rollback_check_daily"
 
 
@@ -74,29 +59,13 @@ def stack(cfg, tmp_path_factory):
     write_records(cfg.kafka, sim.keys, sim.values, opt.topic)
     features.run(cfg, opt)
 
-    home = tmp_path_factory.mktemp("airflow")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
-    airflow = str(REPO_ROOT / ".venv" / "bin" / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
+    env = airflow_env(tmp_path_factory.mktemp("airflow"))
     return cfg, env
 
 
 def week_end(n: int) -> datetime:
     """The end of weekly interval n (Monday 03:00); a manual run at that time covers the 7 days before."""
     return START + timedelta(days=7 * n, hours=3)
-
-
-def run_dag(env, dag_id: str, run_after: datetime) -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "-c", RUN_DAG, str(REPO_ROOT / "dags"), dag_id, run_after.isoformat()],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert out.returncode == 0 and lines, out.stdout[-4000:] + out.stderr[-4000:]
-    result = json.loads(lines[-1].removeprefix("RESULT "))
-    assert result["state"].endswith("success"), out.stdout[-4000:]
-    return result["tasks"]
 
 
 # The scenario's steps are separate tests, run in file order on one stack (each well inside its timeout on a

@@ -6,8 +6,13 @@ equals the independent reference, the late topic is the lateness rule's)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,12 +20,14 @@ import pytest
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel.clients import feast_store
-from flywheel.clients.flink import cancel, rest, submit
+from flywheel.clients.flink import cancel, checkpoints, completed_checkpoints, list_jobs, rest, submit
+from flywheel.clients.kafka import ensure_topics
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.polling import wait_until
 from flywheel.settings import load_settings
-from flywheel.stack.services import Kafka
+from flywheel.stack.services import Flink, Kafka
+from tests.integration.dag_runs import airflow_env, run_dag
 from tests.integration.feature_checks import assert_exactly_once, fresh_job, markers, submit_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -103,3 +110,70 @@ def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_los
         if job_id is not None:
             cancel(settings, job_id)
         subprocess.run(["umount", "--lazy", str(offline)], check=False)
+
+
+def _running_feature_job(settings) -> str:
+    running = [j["jid"] for j in list_jobs(settings) if j["name"] == features.JOB_NAME and j["state"] == "RUNNING"]
+    assert len(running) == 1, list_jobs(settings)
+    return running[0]
+
+
+def test_a_killed_jobmanager_is_resumed_by_the_ops_dag_from_the_latest_retained_checkpoint(cfg, monkeypatch, tmp_path):
+    """The standalone cluster has no high availability: when its JobManager dies, the job is gone with it.
+    `feature_pipeline_ops` (dag.test()) submits the job; its JobManager is SIGKILLed after two checkpoints
+    and started again (the TaskManagers stay up and register with it); the DAG's next run finds no job,
+    resumes it from the retained checkpoint, and in the end nothing is lost or counted twice."""
+    name = f"jm-{uuid.uuid4().hex[:8]}"
+    own = {"KAFKA__TOPICS__EVENTS": name, "KAFKA__TOPICS__DEAD_LETTER": f"{name}-dlq",
+           "KAFKA__TOPICS__LATE": f"{name}-late", "FEATURES__GROUP_ID": name,
+           "FEATURES__CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+           "FEATURES__SAVEPOINT_DIR": str(tmp_path / "savepoints"),
+           "FEATURES__CHECKPOINT_INTERVAL_MS": "2000"}  # fmt: skip
+    for key, value in own.items():  # what the DAG's tasks read, in the subprocess that runs them
+        monkeypatch.setenv(f"FLYWHEEL_{key}", value)
+    settings = load_settings()
+    feast_store.apply(settings)
+    opt = features.options(settings)  # what the DAG submits: the configured topics and the offline store
+    shutil.rmtree(opt.offline_dir, ignore_errors=True)
+    ensure_topics(settings.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
+    sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=37, faults=FAULTS))
+    half = len(sim.values) // 2
+    write_records(settings.kafka, sim.keys[:half], sim.values[:half], opt.topic)
+    env = airflow_env(tmp_path / "airflow")
+    now = datetime.now(UTC)
+    job_id = None
+    try:
+        assert run_dag(env, "feature_pipeline_ops", now)["ensure_feature_job"].endswith("success")
+        job_id = first = _running_feature_job(settings)
+        wait_until(lambda: completed_checkpoints(settings, first) >= 2, 300, "two checkpoints", interval_s=0.5)
+
+        flink = Flink(settings)
+        jobmanager = flink.proc.pid()
+        assert jobmanager is not None
+        os.killpg(jobmanager, signal.SIGKILL)
+        wait_until(lambda: flink.proc.pid() is None, 30, "the killed JobManager to be gone", interval_s=0.05)
+        assert all(tm.pid() is not None for tm in flink.tm_procs)
+        assert flink.up() == "started"  # the JobManager alone; the TaskManagers register with it again
+        assert not list_jobs(settings), "a JobManager without HA should know no job after a restart"
+
+        write_records(settings.kafka, sim.keys[half:], sim.values[half:], opt.topic)
+        markers(settings, opt.topic, int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000)
+        assert run_dag(env, "feature_pipeline_ops", now + timedelta(minutes=1))["ensure_feature_job"].endswith(
+            "success"
+        )
+        job_id = _running_feature_job(settings)
+        restored = checkpoints(settings, job_id)["latest"]["restored"]
+        assert restored is not None, "the job was submitted fresh, not resumed"
+        assert f"checkpoints/{first}/chk-" in restored["external_path"], restored
+
+        def accounted() -> int:
+            return reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted
+
+        wait_until(lambda: accounted() >= len(sim.values), 600, "the resumed job to catch up", interval_s=2)
+    finally:
+        if job_id is not None:
+            cancel(settings, job_id)
+    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    assert r.accounted == len(sim.values) and r.events_in == len(sim.values) + settings.kafka.partitions, r.as_dict()
+    assert r.dead_lettered == sim.stats.malformed
+    assert_exactly_once(settings, opt, sim, r.aggregated)
