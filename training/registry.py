@@ -93,7 +93,7 @@ class Registry:
     # -- reading -----------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
         out = []
-        for meta in sorted((self.root / "versions").glob("*/metadata.json")):
+        for meta in sorted((self.root / "versions").glob("v*/metadata.json")):  # not a writer's .new-* folder
             out.append(ModelVersion(**json.loads(meta.read_text())))
         return out
 
@@ -138,11 +138,14 @@ class Registry:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def register(self, state: dict, mv: ModelVersion) -> ModelVersion:
+    def register(self, state: dict, mv: ModelVersion, before_commit: Callable[[], None] | None = None) -> ModelVersion:
         """Store a new immutable version (or return the one already registered for mv.run_key)."""
         with self._lock():
             if mv.run_key and (existing := self.find_run(mv.run_key)):
                 return existing
+            # A writer killed before its rename left this (we hold the lock, so no writer is at work).
+            for stale in (self.root / "versions").glob(".new-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             n = len(list((self.root / "versions").glob("v*"))) + 1
             mv.version = f"v{n:04d}"
             mv.code_sha = mv.code_sha or git_sha()
@@ -152,6 +155,8 @@ class Registry:
                 torch.save(state, tmp / "model.pt")
                 mv.artifact_sha256 = _sha256(tmp / "model.pt")
                 (tmp / "metadata.json").write_text(json.dumps(asdict(mv), indent=2, default=str) + "\n")
+                if before_commit:
+                    before_commit()  # tests inject a crash here
                 os.rename(tmp, self.root / "versions" / mv.version)  # the version appears whole or not at all
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,13 +27,15 @@ from flywheel.clients.kafka import ensure_topics
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.polling import wait_until
-from flywheel.settings import load_settings
+from flywheel.settings import REPO_ROOT, load_settings
 from flywheel.stack.services import Flink, Kafka
-from tests.integration.dag_runs import airflow_env, run_dag
+from tests.integration.dag_runs import RUN_DAG, airflow_env, run_dag
 from tests.integration.feature_checks import assert_exactly_once, fresh_job, markers, submit_args
+from training.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
+WEEKLY = "retrain_weekly_incremental"
 FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
 
 
@@ -177,3 +181,56 @@ def test_a_killed_jobmanager_is_resumed_by_the_ops_dag_from_the_latest_retained_
     assert r.accounted == len(sim.values) and r.events_in == len(sim.values) + settings.kafka.partitions, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert_exactly_once(settings, opt, sim, r.aggregated)
+
+
+def _registry_state(registry_dir: Path) -> dict:
+    """What a retraining run decides, without the wall-clock times: every version's metadata (the weights'
+    sha256 among it), the aliases, and the audit log's decisions."""
+    reg = Registry(registry_dir)
+    return {
+        "versions": [{k: v for k, v in asdict(mv).items() if k != "created_at"} for mv in reg.versions()],
+        "aliases": reg.aliases(),
+        "audit": [{k: v for k, v in e.items() if k != "at"} for e in reg.audit()],
+        "entries": sorted(p.name for p in (registry_dir / "versions").iterdir()),
+    }
+
+
+def test_a_retraining_task_killed_mid_training_and_retried_ends_as_an_undisturbed_run(cfg, tmp_path):
+    """A week of events through the feature job, then the weekly retraining DAG (dag.test()) twice, each on
+    a registry of its own: once undisturbed, once SIGKILLed while `train_candidate` trains (its first epoch
+    logged) and run again, as Airflow retries a task whose process died. The killed attempt leaves nothing
+    in the registry, and the retried run ends with the same versions (the same weights, byte for byte),
+    aliases and decisions as the undisturbed one."""
+    settings = load_settings()
+    feast_store.apply(settings)
+    shutil.rmtree(settings.offline_dir, ignore_errors=True)
+    opt = fresh_job(settings, "retrain", offline_dir=settings.offline_dir, bounded=True)
+    start = SimConfig().start  # a Monday: the weekly interval ends Monday 03:00
+    sim = simulate(SimConfig(events=10_000, users=200, items=60, categories=5, days=7.5, seed=41,
+                             new_items_per_day=0))  # fmt: skip
+    write_records(settings.kafka, sim.keys, sim.values, opt.topic)
+    features.run(settings, opt)
+    week_end = start + timedelta(days=7, hours=3)
+    env = airflow_env(tmp_path / "airflow")
+    undisturbed, killed = tmp_path / "registry-undisturbed", tmp_path / "registry-killed"
+
+    run_dag({**env, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(undisturbed)}, WEEKLY, week_end)
+    assert [e["decision"] for e in Registry(undisturbed).audit()] == ["promoted"]
+
+    env_killed = {**env, "FLYWHEEL_TRAINING__REGISTRY_DIR": str(killed)}
+    with subprocess.Popen(
+        [sys.executable, "-c", RUN_DAG, str(REPO_ROOT / "dags"), WEEKLY, week_end.isoformat()],
+        env=env_killed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "epoch 1:" in line:  # in train_candidate's fit, before anything is registered
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        assert proc.wait(60) == -signal.SIGKILL, "".join(seen[-50:])
+    assert not Registry(killed).versions() and not Registry(killed).audit()
+
+    run_dag(env_killed, WEEKLY, week_end)  # the retry
+    assert _registry_state(killed) == _registry_state(undisturbed)

@@ -120,3 +120,37 @@ def test_crash_between_alias_writes_leaves_the_registry_consistent(tmp_path):
     (tmp_path / "registry" / "versions" / b / "model.pt").write_bytes(b"tampered")
     with pytest.raises(Exception, match="sha256"):
         reg.load_state(b)
+
+
+KILLED_WHILE_REGISTERING = """
+import os, signal, sys, torch
+from training.registry import ModelVersion, Registry
+mv = ModelVersion("", "full", None, {}, "x", "ranker_v1", "1", {}, run_key="weekly:1")
+Registry(__import__("pathlib").Path(sys.argv[1])).register(
+    {"w": torch.ones(2)}, mv, before_commit=lambda: os.kill(os.getpid(), signal.SIGKILL)
+)
+"""
+
+
+def test_a_writer_killed_before_its_version_is_whole_leaves_no_version(tmp_path):
+    """SIGKILL (no cleanup runs) after the weights and metadata are written, before the rename: the
+    registry lists no version, the run key is free, and the next register takes the number and cleans up."""
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from flywheel.settings import REPO_ROOT
+    from training.registry import ModelVersion
+
+    root = tmp_path / "registry"
+    done = subprocess.run([sys.executable, "-c", KILLED_WHILE_REGISTERING, str(root)], cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    assert [p.name for p in (root / "versions").iterdir()][0].startswith(".new-"), "the crash left no temp folder"
+    reg = Registry(root)
+    assert reg.versions() == [] and reg.find_run("weekly:1") is None
+    again = ModelVersion("", "full", None, {}, "x", "ranker_v1", "1", {}, run_key="weekly:1")
+    mv = reg.register({"w": torch.zeros(2)}, again)
+    assert mv.version == "v0001" and [p.name for p in (root / "versions").iterdir()] == ["v0001"]
+    assert torch.equal(reg.load_state("v0001")["w"], torch.zeros(2))
