@@ -40,6 +40,8 @@ bench:
 	.venv/bin/flywheel bench features
 	.venv/bin/flywheel bench serving
 	.venv/bin/flywheel bench loop
+	.venv/bin/flywheel infra up -s flink
+	.venv/bin/flywheel bench soak
 
 lint: setup
 	.venv/bin/ruff check .

@@ -72,7 +72,7 @@ def prefill(cfg: Settings, events: int, log=print) -> str:
     return topic
 
 
-def _job_options(cfg: Settings, topic: str, **overrides):
+def job_options(cfg: Settings, topic: str, **overrides):
     from flink_jobs import features
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -98,7 +98,7 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
     from benchmarks.results import timed
     from flink_jobs import features
 
-    opt = _job_options(cfg, topic, online=job != "offline")
+    opt = job_options(cfg, topic, online=job != "offline")
     stop = threading.Event()
     threading.Thread(target=_progress, args=(cfg, opt.group_id, stop, log), daemon=True).start()
     try:
@@ -112,10 +112,10 @@ def flink_seconds(cfg: Settings, topic: str, job: str, log=print) -> tuple[float
         return seconds, rows - distinct
     finally:
         stop.set()
-        _clean_up(cfg, opt, log=log)
+        clean_up(cfg, opt, log=log)
 
 
-def _clean_up(cfg: Settings, opt, *topics: str, log=print) -> None:
+def clean_up(cfg: Settings, opt, *topics: str, log=print) -> None:
     """A run leaves nothing behind: its Parquet, its topics and its consumer group."""
     from flywheel.clients.kafka import admin, delete_topics
 
@@ -255,7 +255,7 @@ def freshness(
         for g, ks in _firing_keys(sim.values, firing, (event_w - lead_s) * 1000, event_w * 1000).items()
     }
     topic = f"flywheel.bench.live-{uuid.uuid4().hex[:8]}"
-    opt = _job_options(cfg, topic, bounded=False)
+    opt = job_options(cfg, topic, bounded=False)
     ensure_topics(cfg.kafka, [topic, opt.dlq_topic, opt.late_topic])
     store = feast_store.store(cfg)
     probe = _StampProbe(store)
@@ -293,7 +293,7 @@ def freshness(
     finally:
         stop.set()
         job.cancel().result()
-        _clean_up(cfg, opt, topic, log=log)
+        clean_up(cfg, opt, topic, log=log)
     lat = np.array(sorted(seen.values()))
     per_view = {
         v: round(float(np.percentile([t for (w, _), t in seen.items() if w == v], 99)), 2)

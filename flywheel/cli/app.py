@@ -84,6 +84,7 @@ class Benchmark(StrEnum):
     drift = "drift"
     serving = "serving"
     loop = "loop"
+    soak = "soak"
 
 
 @app.command("bench")
@@ -94,12 +95,13 @@ def bench_cmd(which: Annotated[Benchmark, typer.Argument()] = Benchmark.trainset
     from benchmarks import loop as bench_loop
     from benchmarks import results
     from benchmarks import serving as bench_serving
+    from benchmarks import soak as bench_soak
     from benchmarks import trainset as bench_trainset
 
     cfg = load_settings()
     runners = {Benchmark.trainset: bench_trainset.run, Benchmark.features: bench_features.run,
                Benchmark.drift: bench_drift.run, Benchmark.serving: bench_serving.run,
-               Benchmark.loop: bench_loop.run}  # fmt: skip
+               Benchmark.loop: bench_loop.run, Benchmark.soak: bench_soak.run}  # fmt: skip
     figures = runners[which](cfg, log=console.print)
     results.merge(cfg, figures)
     t = Table("key", "value")
