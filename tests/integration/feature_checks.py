@@ -22,6 +22,9 @@ from flywheel.clients import feast_store
 from flywheel.events.consumer import read_partitions, read_topic
 from flywheel.events.schema import parse
 
+# The views the longest fault rows check (one per window length and entity kind, and the last-click view).
+FOUR_VIEWS = ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click")
+
 
 def all_rows(opt) -> dict[str, list]:
     """Every committed row of every view and of the event log, sorted: what two runs must agree on."""
@@ -286,3 +289,16 @@ def submit_args(opt) -> list[str]:
              "--late-topic": opt.late_topic, "--offline-dir": str(opt.offline_dir),
              "--job-name": opt.job_name}  # fmt: skip
     return ["--bounded", *(x for pair in given.items() for x in pair)]
+
+
+def kill_taskmanager(flink, i: int) -> None:
+    """SIGKILL TaskManager `i` and its process group, as when its machine dies, and start another."""
+    import os
+    import signal
+
+    os.killpg(flink.tm_procs[i].pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while flink.tm_procs[i].pid() is not None:  # delivered asynchronously: until it is gone, up() sees it run
+        assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
+        time.sleep(0.05)
+    assert flink.up() == "taskmanager restarted"

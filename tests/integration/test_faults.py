@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from flink_jobs import features
 from flink_jobs.reconcile import reconcile
 from flywheel.clients import feast_store
-from flywheel.clients.flink import cancel, checkpoints, completed_checkpoints, list_jobs, rest, submit
+from flywheel.clients.flink import cancel, checkpoints, completed_checkpoints, job, list_jobs, rest, submit, wait_state
 from flywheel.clients.kafka import ensure_topics
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import Faults, SimConfig, simulate
@@ -30,7 +31,14 @@ from flywheel.polling import wait_until
 from flywheel.settings import REPO_ROOT, load_settings
 from flywheel.stack.services import Flink, Kafka
 from tests.integration.dag_runs import RUN_DAG, airflow_env, run_dag
-from tests.integration.feature_checks import assert_exactly_once, fresh_job, markers, submit_args
+from tests.integration.feature_checks import (
+    FOUR_VIEWS,
+    assert_exactly_once,
+    fresh_job,
+    kill_taskmanager,
+    markers,
+    submit_args,
+)
 from training.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -234,3 +242,66 @@ def test_a_retraining_task_killed_mid_training_and_retried_ends_as_an_undisturbe
 
     run_dag(env_killed, WEEKLY, week_end)  # the retry
     assert _registry_state(killed) == _registry_state(undisturbed)
+
+
+def _produce_skewed(settings, keys: list[bytes], values: list[bytes], topic: str) -> None:
+    """Eight users in ten write to partition 0, the rest spread over the others (a user always to the same
+    one): the sources of the small partitions reach the end of a bounded input long before the big one."""
+    from confluent_kafka import Producer
+
+    producer = Producer({**settings.kafka.client_config(), "linger.ms": 20})
+    n = settings.kafka.partitions
+    for key, value in zip(keys, values, strict=True):
+        h = zlib.crc32(key or b"")
+        producer.produce(topic, value=value, key=key, partition=0 if h % 10 < 8 else 1 + h % (n - 1))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def _subtask_states(settings, job_id: str, vertex_name: str) -> list[str]:
+    vertex = next(v for v in job(settings, job_id)["vertices"] if vertex_name in v["name"])
+    return [t["status"] for t in rest(settings, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]]
+
+
+ENDED = {"FINISHED", "FAILED", "CANCELED"}
+
+
+def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_nothing(cfg, monkeypatch):
+    """A bounded run at parallelism 4 over two TaskManagers, its small partitions' sources finishing long
+    before the big one's. Once some sources have finished and a checkpoint has recorded them, one
+    TaskManager is killed; once the job has restored and checkpointed again, the other. The job finishes by
+    itself, and its outputs are exact: counts reconcile, the event log has each event once, and four views
+    equal the reference at every window end with no duplicate row.
+
+    Checkpoints must complete once some source subtasks have finished: they did not while the lateness
+    operator's state was union state (flink_jobs/jvm PartitionLateness)."""
+    monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "1000")  # read by `flink run`'s client
+    settings = load_settings()
+    feast_store.apply(settings)
+    opt = fresh_job(settings, "end", bounded=True)
+    sim = simulate(SimConfig(events=100_000, users=400, items=150, categories=6, days=1.5, seed=23, faults=FAULTS))
+    _produce_skewed(settings, sim.keys, sim.values, opt.topic)
+    flink = Flink(settings)
+    job_id = submit(settings, [*submit_args(opt), "--parallelism", "4"])
+    try:
+        deadline = time.monotonic() + 300
+        while "FINISHED" not in _subtask_states(settings, job_id, "Source"):
+            assert job(settings, job_id)["state"] == "RUNNING", "the input ended before a source finished"
+            assert time.monotonic() < deadline, "no source finished in 300 s"
+            time.sleep(0.2)
+        for i in (1, 0):
+            done = completed_checkpoints(settings, job_id)
+            while completed_checkpoints(settings, job_id) <= done:  # after the first kill: restored and again
+                assert job(settings, job_id)["state"] not in ENDED, "the input ended before the kills"
+                time.sleep(0.2)
+            kill_taskmanager(flink, i)
+        state = wait_state(settings, job_id, ENDED, timeout_s=600)
+    finally:
+        if job(settings, job_id)["state"] not in ENDED:
+            cancel(settings, job_id)
+    assert state == "FINISHED"
+    assert checkpoints(settings, job_id)["counts"]["restored"] >= 2, checkpoints(settings, job_id)["counts"]
+    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    assert r.events_in == len(sim.values) and r.pending == 0, r.as_dict()
+    assert r.dead_lettered == sim.stats.malformed
+    assert_exactly_once(settings, opt, sim, r.aggregated, FOUR_VIEWS)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 
@@ -31,17 +29,18 @@ from flywheel.events.schema import parse
 from flywheel.events.simulator import Faults, SimConfig, simulate
 from flywheel.stack.services import Flink, Redis
 from tests.integration.feature_checks import (
+    FOUR_VIEWS,
     all_rows,
     assert_exactly_once,
     assert_online_matches_offline,
     await_online_matches_offline,
     fresh_job,
+    kill_taskmanager,
     markers,
     submit_args,
 )
 
 pytestmark = pytest.mark.integration
-FOUR_VIEWS = ("user_stats_1h", "item_stats_7d", "user_category_stats_7d", "user_last_click")
 
 
 def _prepare(cfg, sim_cfg: SimConfig, first: int | None = None):
@@ -122,14 +121,7 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     job_id = submit(cfg, [*submit_args(opt)[1:], "--parallelism", "4"])  # unbounded
     _second_checkpoint(cfg, job_id)
     assert _taskmanagers_of(cfg, job_id) == {"taskmanager-0", "taskmanager-1"}
-    # One TaskManager and its process group, as when its machine dies.
-    os.killpg(flink.tm_procs[1].pid(), signal.SIGKILL)
-    # SIGKILL is delivered asynchronously: until the process is gone, `up()` still sees it running.
-    deadline = time.monotonic() + 30
-    while flink.tm_procs[1].pid() is not None:
-        assert time.monotonic() < deadline, "the killed TaskManager is still alive after 30 s"
-        time.sleep(0.05)
-    assert flink.up() == "taskmanager restarted"
+    kill_taskmanager(flink, 1)
     write_records(cfg.kafka, sim.keys[20_000:], sim.values[20_000:], opt.topic)
     markers(cfg, opt.topic, int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000)
     _caught_up(cfg, opt, 40_000)

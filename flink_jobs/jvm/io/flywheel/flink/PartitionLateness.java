@@ -35,10 +35,15 @@ import org.apache.flink.types.Row;
  * function of the input alone.
  *
  * <p>It runs chained to the source (forward edges keep each partition's order). The per-partition
- * maxima are union operator state: after a restore, or a rescale that moves partitions between subtasks,
- * every subtask has every partition's maximum, so a restored job judges as the uninterrupted one would
- * (Flink does not checkpoint watermarks: a restored source reads its first records with none). Every
- * record counts toward the maximum, dead-lettered ones too, as they count toward the watermark.
+ * maxima are operator list state: restored at the same parallelism, each subtask gets back the maxima it
+ * wrote, for the partitions its source subtask reads again, so a restored job judges as the uninterrupted
+ * one would (Flink does not checkpoint watermarks: a restored source reads its first records with none).
+ * A rescale spreads the entries evenly instead, so a partition whose maximum went to another subtask is
+ * judged against the current watermark alone until its next record. Not union state, which would give
+ * every subtask every maximum: Flink cannot complete a checkpoint of a vertex with union state once some
+ * of its subtasks have finished (a bounded run whose smaller partitions are read), so a replay's whole
+ * tail would go without checkpoints. Every record counts toward the maximum, dead-lettered ones too, as
+ * they count toward the watermark.
  */
 public class PartitionLateness extends AbstractStreamOperator<Row> implements OneInputStreamOperator<Row, Row> {
     private final int eventTimeField;
@@ -58,8 +63,9 @@ public class PartitionLateness extends AbstractStreamOperator<Row> implements On
     @Override
     public void initializeState(StateInitializationContext context) throws Exception {
         super.initializeState(context);
-        state = context.getOperatorStateStore().getUnionListState(new ListStateDescriptor<>(
-                "partition-highest-event-time", TypeInformation.of(new TypeHint<Tuple2<Integer, Long>>() {})));
+        // A name of its own: savepoints of the union-state version hold theirs under the old one.
+        state = context.getOperatorStateStore().getListState(new ListStateDescriptor<>(
+                "partition-highest-event-time-split", TypeInformation.of(new TypeHint<Tuple2<Integer, Long>>() {})));
         highest = new HashMap<>();
         for (Tuple2<Integer, Long> entry : state.get()) {
             highest.merge(entry.f0, entry.f1, Math::max);
