@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+from flywheel.errors import FlywheelError
 from flywheel.settings import Settings
 
 RATE = 5_000  # events/s
@@ -152,6 +153,8 @@ def run(cfg: Settings, log=print, rate: int = RATE, minutes: float = MINUTES) ->
             time.sleep(max(0.0, SAMPLE_S - (time.time() - now)))
         stop.set()
         sender.join()
+        if not completed:
+            raise FlywheelError(f"no checkpoint of job {job_id} completed: see its exceptions in the Flink UI")
         by_vertex["end"] = _vertex_state(cfg, job_id, max(completed))
     finally:
         stop.set()
