@@ -125,9 +125,14 @@ def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_los
 
 
 def _running_feature_job(settings) -> str:
-    running = [j["jid"] for j in list_jobs(settings) if j["name"] == features.JOB_NAME and j["state"] == "RUNNING"]
-    assert len(running) == 1, list_jobs(settings)
-    return running[0]
+    """The feature job's id once it runs: `flink run --detached` returns before that, later on a busy machine."""
+
+    def running() -> str | None:
+        ids = [j["jid"] for j in list_jobs(settings) if j["name"] == features.JOB_NAME and j["state"] == "RUNNING"]
+        assert len(ids) <= 1, list_jobs(settings)
+        return ids[0] if ids else None
+
+    return wait_until(running, 180, "the feature job to run", interval_s=0.5)
 
 
 def test_a_killed_jobmanager_is_resumed_by_the_ops_dag_from_the_latest_retained_checkpoint(cfg, monkeypatch, tmp_path):
