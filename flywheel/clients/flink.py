@@ -30,11 +30,12 @@ def rest(cfg: Settings, method: str, path: str, timeout_s: float = 10, **kwargs:
     url = f"{cfg.flink.rest_url}{path}"
     try:
         r = requests.request(method, url, timeout=timeout_s, **kwargs)
-    except requests.ConnectionError:
+    except requests.ConnectionError as exc:
+        # Chained, not `from None`: that would also hide an error this call's caller was handling.
         raise FlinkError(
             f"Flink's REST API at {cfg.flink.rest_url} does not answer: start the cluster "
             "(`flywheel infra up -s flink`) or point FLYWHEEL_FLINK__REST_URL at yours"
-        ) from None
+        ) from exc
     if r.status_code == 404 and "/jobs/" in path:
         raise FlinkError(f"Flink knows no such job ({path}): `flywheel flink list` shows the jobs")
     if not r.ok:

@@ -58,6 +58,10 @@ class ManagedProcess:
             return None
         return pid if rec["marker"] in cmdline else None
 
+    def recorded(self) -> bool:
+        """Whether a PID file is left: the process was started and not stopped (it may have died since)."""
+        return self._record() is not None
+
     def spawned_alive(self) -> bool:
         """Liveness during start-up, when the command line may not show the marker yet (exec in flight)."""
         rec = self._record()
@@ -144,12 +148,17 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def require_free_port(service: str, host: str, port: int, env_hint: str) -> None:
-    if port_open(host, port):
-        raise InfraError(
-            f"{service}: port {port} on {host} is already taken by a process flywheel did not start. "
-            f"Stop that process, or move {service} elsewhere with {env_hint}."
-        )
+def require_free_port(service: str, host: str, port: int, env_hint: str, grace_s: float = 0.0) -> None:
+    """Raise unless the port is free, within `grace_s`: a process of ours that was just killed keeps its
+    listening sockets until the kernel has finished its exit (a JVM's heap is unmapped first)."""
+    deadline = time.monotonic() + grace_s
+    while port_open(host, port):
+        if time.monotonic() >= deadline:
+            raise InfraError(
+                f"{service}: port {port} on {host} is already taken by a process flywheel did not start. "
+                f"Stop that process, or move {service} elsewhere with {env_hint}."
+            )
+        time.sleep(0.2)
 
 
 def wait_healthy(

@@ -104,7 +104,7 @@ class Service(ABC):
             wait_healthy(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
             self.after_start()
             return "already running"
-        require_free_port(self.name, self.host, self.port, self.env_hint)
+        require_free_port(self.name, self.host, self.port, self.env_hint, self.exit_grace_s())
         self.dir.mkdir(parents=True, exist_ok=True)
         self._launch()
         wait_healthy(self.healthy, self.health_timeout_s, self.name, self.log_file, self._alive)
@@ -113,6 +113,11 @@ class Service(ABC):
 
     def _alive(self) -> bool:
         return self.proc.spawned_alive()
+
+    def exit_grace_s(self) -> float:
+        """How long a port may stay taken before start-up gives up: a crashed process of ours (its PID file
+        is left) may still be exiting; a port taken by anything else fails at once."""
+        return 30.0 if self.proc.recorded() else 0.0
 
     def down(self) -> bool:
         return self.proc.stop() if self.local else False
@@ -167,7 +172,7 @@ class Kafka(Service):
         java = require_java()
         classpath = self.classpath()
         k = self.cfg.kafka
-        require_free_port("kafka controller", self.host, k.controller_port, self.env_hint)
+        require_free_port("kafka controller", self.host, k.controller_port, self.env_hint, self.exit_grace_s())
         if k.tls:
             raise InfraError(
                 f"kafka.security_protocol {k.security_protocol}: the local broker speaks PLAINTEXT or SASL_PLAINTEXT; "
@@ -407,7 +412,7 @@ class Flink(Service):
 
     def _launch(self) -> None:
         require_java()
-        require_free_port("flink rpc", self.host, self.cfg.flink.rpc_port, self.env_hint)
+        require_free_port("flink rpc", self.host, self.cfg.flink.rpc_port, self.env_hint, self.exit_grace_s())
         self.write_config()
         bin_dir = self.flink_home() / "bin"
         for script in bin_dir.glob("*.sh"):

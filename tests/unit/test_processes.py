@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flywheel.stack.processes import ManagedProcess, port_open
+from flywheel.stack.processes import InfraError, ManagedProcess, port_open, require_free_port
 
 
 def test_start_and_stop_by_pid_file(tmp_path):
@@ -64,3 +64,29 @@ def test_never_signals_a_process_it_did_not_start(tmp_path, record):
 
 def test_port_open_on_a_closed_port():
     assert port_open("127.0.0.1", 1) is False
+
+
+def test_a_port_still_held_by_a_dying_process_of_ours_is_waited_for_and_anyone_elses_is_refused(tmp_path):
+    """A SIGKILLed JVM keeps its listening sockets while the kernel unmaps its heap: starting its successor
+    at once found the port taken. Here the holder is a process whose leader has died and whose last member
+    closes the port 1.5 s later."""
+    script = (
+        "import os, socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "if os.fork() == 0:\n    time.sleep(1.5); sys.exit(0)\n"  # the last member, in the same group
+        "os._exit(0)\n"  # the leader dies at once
+    )
+    mp = ManagedProcess("dying", tmp_path / "run")
+    log = tmp_path / "dying.log"
+    mp.start([sys.executable, "-c", script], log, marker="dying")
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    port = int(log.read_text())
+    time.sleep(0.3)
+    assert mp.pid() is None and mp.recorded() and port_open("127.0.0.1", port)
+    with pytest.raises(InfraError, match="already taken"):
+        require_free_port("svc", "127.0.0.1", port, "SVC_PORT")  # no grace: someone else's port
+    require_free_port("svc", "127.0.0.1", port, "SVC_PORT", grace_s=20)  # ours, dying: released in time
+    assert not port_open("127.0.0.1", port)
