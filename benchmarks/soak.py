@@ -122,9 +122,7 @@ def run(cfg: Settings, log=print, rate: int = RATE, minutes: float = MINUTES) ->
     topic = f"flywheel.bench.soak-{uuid.uuid4().hex[:8]}"
     opt = job_options(cfg, topic, bounded=False)
     ensure_topics(cfg.kafka, [topic, opt.dlq_topic, opt.late_topic])
-    args = ["--topic", topic, "--group-id", opt.group_id, "--dlq-topic", opt.dlq_topic, "--late-topic", opt.late_topic,
-            "--offline-dir", str(opt.offline_dir), "--job-name", opt.job_name]  # fmt: skip
-    job_id = submit(cfg, args)
+    job_id = submit(cfg, opt.argv())
     log(f"soak: job {job_id} on {overview['taskmanagers']} TaskManager(s), {rate:,} events/s for {minutes:g} min")
     stop = threading.Event()
     t0 = time.time() + 5

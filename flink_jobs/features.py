@@ -52,6 +52,15 @@ class JobOptions:
     job_name: str = JOB_NAME
     online: bool = True  # False: Parquet only (offline backfills; the benchmark's offline-only figure)
 
+    def argv(self) -> list[str]:
+        """The arguments of `main` (what `flywheel flink submit` passes on to `flink run`) for these options."""
+        if not self.online:
+            raise ValueError("an offline-only run is embedded only: `main` has no flag for it")
+        given = {"--topic": self.topic, "--group-id": self.group_id, "--dlq-topic": self.dlq_topic,
+                 "--late-topic": self.late_topic, "--offline-dir": str(self.offline_dir),
+                 "--parallelism": str(self.parallelism), "--job-name": self.job_name}  # fmt: skip
+        return [*(["--bounded"] if self.bounded else []), *(x for pair in given.items() for x in pair)]
+
 
 def options(cfg: Settings, **overrides) -> JobOptions:
     base: dict[str, Any] = dict(

@@ -12,11 +12,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from flywheel.events.consumer import read_topic
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:
+    from flink_jobs.features import JobOptions
 
 
 @dataclass
@@ -54,16 +58,15 @@ def _records(cfg: Settings, topic: str) -> int:
     return sum(1 for _ in read_topic(cfg.kafka, topic))
 
 
-def reconcile(
-    cfg: Settings, topic: str, dlq_topic: str, late_topic: str, offline_dir: Path, since: date | None = None
-) -> Reconciliation:
-    """`since`: count only the audit's event days from then, when the offline store also holds another
-    input's (the demo's closed loop writes beside the Open Bandit replay)."""
-    audit = audit_counts(offline_dir, since)
+def reconcile(cfg: Settings, opt: JobOptions, since: date | None = None) -> Reconciliation:
+    """The counts of the job run with these options (its topics and offline store). `since`: count only the
+    audit's event days from then, when the offline store also holds another input's (the demo's closed loop
+    writes beside the Open Bandit replay)."""
+    audit = audit_counts(opt.offline_dir, since)
     return Reconciliation(
-        events_in=_records(cfg, topic),
+        events_in=_records(cfg, opt.topic),
         aggregated=audit["aggregated"],
         duplicates=audit["ontime"] - audit["aggregated"],
-        dead_lettered=_records(cfg, dlq_topic),
-        late=_records(cfg, late_topic),
+        dead_lettered=_records(cfg, opt.dlq_topic),
+        late=_records(cfg, opt.late_topic),
     )

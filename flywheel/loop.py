@@ -178,7 +178,7 @@ def run(
         _serve_weeks(cfg, plan, retrain, start, topics["events"], weeks, truth, say)
     finally:
         job.cancel().result()
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir, since=start.date())
+    r = reconcile(cfg, opt, since=start.date())
     counts = {"in": r.events_in, "aggregated": r.aggregated, "duplicates": r.duplicates,
               "dead_lettered": r.dead_lettered, "late": r.late, "pending": r.pending}  # fmt: skip
     report = _report(cfg, plan, topics["events"], truth)

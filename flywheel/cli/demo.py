@@ -151,7 +151,7 @@ def features_stage(cfg: Settings, console: Console, last_event_ms: int) -> None:
         n = duckdb.execute("SELECT count(*) FROM read_parquet($f)", {"f": files}).fetchall()[0][0] if files else 0
         rows.add_row(g.name, str(n))
     console.print(rows)
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     console.print(
         f"  reconcile: in {r.events_in} = aggregated {r.aggregated} + duplicates {r.duplicates} + "
         f"dead-lettered {r.dead_lettered} + late {r.late} + still in open windows {r.pending}"

@@ -49,7 +49,7 @@ def features_reconcile(topic: Annotated[str | None, typer.Option()] = None) -> N
 
     cfg = load_settings()
     opt = features.options(cfg, **({"topic": topic} if topic else {}))
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     t = Table("events in", "aggregated", "duplicates", "dead-lettered", "late", "pending")
     t.add_row(*(str(v) for v in (r.events_in, r.aggregated, r.duplicates, r.dead_lettered, r.late, r.pending)))
     console.print(t)

@@ -283,12 +283,23 @@ def fresh_job(cfg, prefix: str, **overrides):
     return opt
 
 
-def submit_args(opt) -> list[str]:
-    """`flink submit`'s job arguments for these options, bounded first (drop it for an unbounded run)."""
-    given = {"--topic": opt.topic, "--group-id": opt.group_id, "--dlq-topic": opt.dlq_topic,
-             "--late-topic": opt.late_topic, "--offline-dir": str(opt.offline_dir),
-             "--job-name": opt.job_name}  # fmt: skip
-    return ["--bounded", *(x for pair in given.items() for x in pair)]
+def await_accounted(cfg, opt, expected: int, what: str, timeout_s: float = 600) -> None:
+    """Until the job's audit (committed on checkpoint) accounts for `expected` events; before the first
+    checkpoint there is no audit to read yet."""
+    from flink_jobs.reconcile import reconcile
+
+    deadline = time.monotonic() + timeout_s
+    last: object = "no audit yet"
+    while True:
+        try:
+            r = reconcile(cfg, opt)
+            if r.accounted >= expected:
+                return
+            last = r.as_dict()
+        except (FileNotFoundError, ValueError) as exc:  # no committed audit file yet
+            last = repr(exc)
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s; last {last}"
+        time.sleep(1)
 
 
 def kill_taskmanager(flink, i: int) -> None:

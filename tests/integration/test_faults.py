@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,10 +34,10 @@ from tests.integration.dag_runs import RUN_DAG, airflow_env, run_dag
 from tests.integration.feature_checks import (
     FOUR_VIEWS,
     assert_exactly_once,
+    await_accounted,
     fresh_job,
     kill_taskmanager,
     markers,
-    submit_args,
 )
 from training.registry import Registry
 
@@ -59,23 +59,19 @@ def test_a_kafka_broker_stopped_for_30_s_mid_run_loses_nothing(cfg, monkeypatch)
     half = len(sim.values) // 2
     write_records(settings.kafka, sim.keys[:half], sim.values[:half], opt.topic)
     job = features.run(settings, opt, wait=False)
-
-    def accounted() -> int:
-        return reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted
-
     try:
-        wait_until(accounted, 300, "the first checkpoint", interval_s=1, retry_on=(FileNotFoundError, ValueError))
+        await_accounted(settings, opt, 1, "the first checkpoint", 300)
         kafka = Kafka(settings)
         assert kafka.down()
         time.sleep(30)
         assert kafka.up() == "started"
         write_records(settings.kafka, sim.keys[half:], sim.values[half:], opt.topic)
         markers(settings, opt.topic, int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000)
-        wait_until(lambda: accounted() >= len(sim.values), 600, "the job to catch up after the outage", interval_s=2)
+        await_accounted(settings, opt, len(sim.values), "the job to catch up after the outage")
         assert job.get_job_status().result().name == "RUNNING"
     finally:
         job.cancel().result()
-    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(settings, opt)
     assert r.accounted == len(sim.values) and r.events_in == len(sim.values) + settings.kafka.partitions, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert_exactly_once(settings, opt, sim, r.aggregated)  # the late topic too: it is the rule's
@@ -101,7 +97,7 @@ def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_los
         opt = fresh_job(settings, "full", offline_dir=offline)
         sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=29, faults=FAULTS))
         write_records(settings.kafka, sim.keys, sim.values, opt.topic)
-        job_id = submit(settings, submit_args(opt)[1:])  # unbounded
+        job_id = submit(settings, opt.argv())
 
         def out_of_space() -> bool:
             return "No space left on device" in json.dumps(rest(settings, "GET", f"/jobs/{job_id}/exceptions"))
@@ -109,13 +105,10 @@ def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_los
         wait_until(out_of_space, 300, "the job to fail for want of space", interval_s=1)
         subprocess.run(["mount", "-o", "remount,size=512m", str(offline)], check=True)
         markers(settings, opt.topic, int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000)
-        wait_until(
-            lambda: reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, offline).accounted >= len(sim.values),
-            600, "the job to catch up once there is space", interval_s=2, retry_on=(FileNotFoundError, ValueError),
-        )  # fmt: skip
+        await_accounted(settings, opt, len(sim.values), "the job to catch up once there is space")
         cancel(settings, job_id)
         job_id = None
-        r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, offline)
+        r = reconcile(settings, opt)
         assert r.accounted == len(sim.values), r.as_dict()
         assert_exactly_once(settings, opt, sim, r.aggregated)
     finally:
@@ -182,15 +175,11 @@ def test_a_killed_jobmanager_is_resumed_by_the_ops_dag_from_the_latest_retained_
         restored = checkpoints(settings, job_id)["latest"]["restored"]
         assert restored is not None, "the job was submitted fresh, not resumed"
         assert f"checkpoints/{first}/chk-" in restored["external_path"], restored
-
-        def accounted() -> int:
-            return reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted
-
-        wait_until(lambda: accounted() >= len(sim.values), 600, "the resumed job to catch up", interval_s=2)
+        await_accounted(settings, opt, len(sim.values), "the resumed job to catch up")
     finally:
         if job_id is not None:
             cancel(settings, job_id)
-    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(settings, opt)
     assert r.accounted == len(sim.values) and r.events_in == len(sim.values) + settings.kafka.partitions, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert_exactly_once(settings, opt, sim, r.aggregated)
@@ -287,7 +276,7 @@ def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_not
     sim = simulate(SimConfig(events=100_000, users=400, items=150, categories=6, days=1.5, seed=23, faults=FAULTS))
     _produce_skewed(settings, sim.keys, sim.values, opt.topic)
     flink = Flink(settings)
-    job_id = submit(settings, [*submit_args(opt), "--parallelism", "4"])
+    job_id = submit(settings, replace(opt, parallelism=4).argv())
     try:
         deadline = time.monotonic() + 300
         while "FINISHED" not in _subtask_states(settings, job_id, "Source"):
@@ -306,7 +295,7 @@ def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_not
             cancel(settings, job_id)
     assert state == "FINISHED"
     assert checkpoints(settings, job_id)["counts"]["restored"] >= 2, checkpoints(settings, job_id)["counts"]
-    r = reconcile(settings, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(settings, opt)
     assert r.events_in == len(sim.values) and r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert_exactly_once(settings, opt, sim, r.aggregated, FOUR_VIEWS)

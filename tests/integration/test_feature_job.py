@@ -76,7 +76,7 @@ def test_passthrough_job_reads_the_same_source_to_its_end(job):
 
 def test_counts_reconcile_exactly(job):
     cfg, opt, sim = job
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     assert r.events_in == len(sim.values)
     assert r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
@@ -107,7 +107,7 @@ def test_feast_sdk_reads_from_redis_what_the_offline_store_holds_last(job):
 
 def test_event_log_holds_exactly_the_aggregated_events(job):
     cfg, opt, sim = job
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     n, distinct, nulls, simulated, served = duckdb.execute(
         "SELECT count(*), count(DISTINCT event_id), count(*) - count(request_id), count(*) FILTER (source = "
         "'simulator'), count(policy) FROM read_parquet($f)",
@@ -251,7 +251,7 @@ def test_replays_of_a_topic_with_very_old_events_mixed_in_give_identical_outputs
     runs = []
     for opt in (first, fresh_job(cfg, "replay", topic=first.topic, bounded=True)):
         features.run(cfg, opt)
-        r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+        r = reconcile(cfg, opt)
         assert r.events_in == len(values) and r.pending == 0, r.as_dict()
         late = Counter(orjson.loads(v)["payload"] for _, v in read_topic(cfg.kafka, opt.late_topic))
         runs.append((all_rows(opt), late))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -33,11 +34,11 @@ from tests.integration.feature_checks import (
     all_rows,
     assert_exactly_once,
     assert_online_matches_offline,
+    await_accounted,
     await_online_matches_offline,
     fresh_job,
     kill_taskmanager,
     markers,
-    submit_args,
 )
 
 pytestmark = pytest.mark.integration
@@ -71,13 +72,13 @@ def test_submitted_job_runs_on_the_cluster_without_python_and_writes_both_stores
     faults = Faults(duplicate_rate=0.02, malformed_rate=0.01)
     world = SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=5, faults=faults)
     opt, sim = _prepare(cfg, world)
-    job_id = submit(cfg, submit_args(opt), pyexec="/nonexistent/python3")
+    job_id = submit(cfg, opt.argv(), pyexec="/nonexistent/python3")
     assert any(j["jid"] == job_id and j["name"] == opt.job_name for j in list_jobs(cfg))
     assert wait_state(cfg, job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=600) == "FINISHED"
     vertices = [v["name"] for v in job(cfg, job_id)["vertices"]]
     assert not [v for v in vertices if "python" in v.lower()], vertices
     assert any("feast-redis-user_category_stats_7d" in v for v in vertices), vertices
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     assert r.events_in == 3_000 and r.pending == 0, r.as_dict()
     assert r.dead_lettered == sim.stats.malformed
     assert features.committed_parquet(opt.offline_dir, "user_stats_24h")
@@ -118,28 +119,20 @@ def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     opt, sim = _prepare(cfg, world, first=20_000)
     flink = Flink(cfg)
     assert len(flink.tm_procs) == 2 and cfg.flink.taskmanager_slots == 2, "the test stack runs 2 TaskManagers"
-    job_id = submit(cfg, [*submit_args(opt)[1:], "--parallelism", "4"])  # unbounded
+    job_id = submit(cfg, replace(opt, bounded=False, parallelism=4).argv())
     _second_checkpoint(cfg, job_id)
     assert _taskmanagers_of(cfg, job_id) == {"taskmanager-0", "taskmanager-1"}
     kill_taskmanager(flink, 1)
     write_records(cfg.kafka, sim.keys[20_000:], sim.values[20_000:], opt.topic)
     markers(cfg, opt.topic, int(SimConfig().start.timestamp() * 1000) + 11 * 86_400_000)
-    _caught_up(cfg, opt, 40_000)
+    await_accounted(cfg, opt, 40_000, "the job to catch up after the TaskManager's loss")
     assert checkpoints(cfg, job_id)["latest"]["restored"] is not None, "the job did not restore from a checkpoint"
     await_online_matches_offline(cfg, opt)  # values not yet written were in checkpointed state, then restored
     cancel(cfg, job_id)
 
-    r = reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(cfg, opt)
     assert r.accounted == 40_000 and r.events_in == 40_000 + cfg.kafka.partitions, r.as_dict()  # + the markers
     assert_exactly_once(cfg, opt, sim, r.aggregated, FOUR_VIEWS)
-
-
-def _caught_up(cfg, opt, expected: int, timeout_s: float = 600) -> None:
-    """Until the audit (committed on checkpoint) accounts for `expected` events."""
-    deadline = time.monotonic() + timeout_s
-    while (r := reconcile(cfg, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)).accounted < expected:
-        assert time.monotonic() < deadline, r.as_dict()
-        time.sleep(2)
 
 
 def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
@@ -164,7 +157,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         opt = fresh_job(cfg, "sp")
         if interrupted:
             Redis(cfg).client().flushdb()
-        args = submit_args(opt)[1:]  # unbounded
+        args = opt.argv()
         write_records(cfg.kafka, sim.keys[:half], sim.values[:half], opt.topic)
         job_id = submit(cfg, args)
         _second_checkpoint(cfg, job_id)
@@ -173,7 +166,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
         if interrupted:
             job_id = submit(cfg, args, savepoint=savepoint)
         markers(cfg, opt.topic, end_ms)
-        _caught_up(cfg, opt, len(sim.values) + len(late))
+        await_accounted(cfg, opt, len(sim.values) + len(late), "the run to catch up")
         if interrupted:  # Redis was emptied before this run: the sink wrote what it held at the stop, then the rest
             await_online_matches_offline(cfg, opt)
         cancel(cfg, job_id)

@@ -55,7 +55,7 @@ def test_a_sasl_broker_refuses_anonymous_clients_and_the_feature_job_runs_authen
         sim = simulate(SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=37, faults=faults))
         write_records(sasl.kafka, sim.keys, sim.values, opt.topic)
         features.run(sasl, opt)
-        r = reconcile(sasl, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+        r = reconcile(sasl, opt)
         assert r.events_in == 3_000 and r.pending == 0, r.as_dict()
         assert r.dead_lettered == sim.stats.malformed and r.late > 0
         for name in ("user_stats_1h", "item_stats_7d"):

@@ -22,11 +22,11 @@ from flywheel.clients import feast_store
 from flywheel.compat import feast as feast_private
 from flywheel.events.producer import write_records
 from flywheel.events.simulator import SimConfig, simulate
-from flywheel.polling import wait_until
 from flywheel.settings import load_settings
 from flywheel.stack.services import Redis
 from tests.integration.feature_checks import (
     assert_online_matches_reference,
+    await_accounted,
     await_online_matches_offline,
     fresh_job,
     markers,
@@ -157,23 +157,19 @@ def test_a_redis_outage_heals_by_itself_and_loses_nothing(cfg, store, monkeypatc
     write_records(outage.kafka, sim.keys[:10_000], sim.values[:10_000], opt.topic)
     job = features.run(outage, opt, wait=False)
     try:
-        wait_until(lambda: reconcile(outage, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted,
-                   300, "the first checkpoint", interval_s=1, retry_on=(FileNotFoundError, ValueError))  # fmt: skip
+        await_accounted(outage, opt, 1, "the first checkpoint", 300)
         assert redis.down()
         write_records(outage.kafka, sim.keys[10_000:], sim.values[10_000:], opt.topic)
         time.sleep(30)
         assert redis.up() == "started"
         watermark_ms = int(SimConfig().start.timestamp() * 1000) + 10 * 86_400_000
         markers(outage, opt.topic, watermark_ms)
-        wait_until(
-            lambda: reconcile(outage, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir).accounted >= 20_000,
-            600, "the job to catch up after the outage", interval_s=2,
-        )  # fmt: skip
+        await_accounted(outage, opt, 20_000, "the job to catch up after the outage")
         await_online_matches_offline(outage, opt, timeout_s=120)
         for g in GROUPS:
             assert_online_matches_reference(outage, opt, sim, g, until_ms=watermark_ms - 60_000)
         assert job.get_job_status().result().name == "RUNNING"
     finally:
         job.cancel().result()
-    r = reconcile(outage, opt.topic, opt.dlq_topic, opt.late_topic, opt.offline_dir)
+    r = reconcile(outage, opt)
     assert r.accounted == 20_000 and r.events_in == 20_000 + outage.kafka.partitions, r.as_dict()  # + markers
