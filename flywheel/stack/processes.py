@@ -154,8 +154,13 @@ def require_free_port(service: str, host: str, port: int, env_hint: str, grace_s
     deadline = time.monotonic() + grace_s
     while port_open(host, port):
         if time.monotonic() >= deadline:
+            held = (
+                f"is still taken {grace_s:g} s after flywheel's process there died"
+                if grace_s
+                else "is already taken by a process flywheel did not start"
+            )
             raise InfraError(
-                f"{service}: port {port} on {host} is already taken by a process flywheel did not start. "
+                f"{service}: port {port} on {host} {held}. "
                 f"Stop that process, or move {service} elsewhere with {env_hint}."
             )
         time.sleep(0.2)

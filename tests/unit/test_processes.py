@@ -90,3 +90,14 @@ def test_a_port_still_held_by_a_dying_process_of_ours_is_waited_for_and_anyone_e
         require_free_port("svc", "127.0.0.1", port, "SVC_PORT")  # no grace: someone else's port
     require_free_port("svc", "127.0.0.1", port, "SVC_PORT", grace_s=20)  # ours, dying: released in time
     assert not port_open("127.0.0.1", port)
+
+
+def test_a_port_held_past_the_grace_fails_naming_the_fix():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InfraError, match=f"port {port} on 127.0.0.1 is still taken 0.5 s .*SVC_PORT"):
+            require_free_port("svc", "127.0.0.1", port, "SVC_PORT", grace_s=0.5)
