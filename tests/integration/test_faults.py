@@ -41,7 +41,9 @@ from tests.integration.feature_checks import (
 )
 from training.registry import Registry
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+# Each row runs minutes of kills and restarts (busy, the longest took 649 s): a ceiling of its own, so none sits
+# near it; the waits inside each row have their own, shorter timeouts.
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(1800)]
 
 WEEKLY = "retrain_weekly_incremental"
 FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
