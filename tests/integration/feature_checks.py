@@ -285,21 +285,22 @@ def fresh_job(cfg, prefix: str, **overrides):
 
 def await_accounted(cfg, opt, expected: int, what: str, timeout_s: float = 600) -> None:
     """Until the job's audit (committed on checkpoint) accounts for `expected` events; before the first
-    checkpoint there is no audit to read yet."""
+    checkpoint there is no audit to read yet. A timeout names the last reconciliation."""
     from flink_jobs.reconcile import reconcile
+    from flywheel.errors import FlywheelError
+    from flywheel.polling import wait_until
 
-    deadline = time.monotonic() + timeout_s
-    last: object = "no audit yet"
-    while True:
-        try:
-            r = reconcile(cfg, opt)
-            if r.accounted >= expected:
-                return
-            last = r.as_dict()
-        except (FileNotFoundError, ValueError) as exc:  # no committed audit file yet
-            last = repr(exc)
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s; last {last}"
-        time.sleep(1)
+    last: list[object] = ["no audit yet"]
+
+    def done() -> bool:
+        r = reconcile(cfg, opt)
+        last[0] = r.as_dict()
+        return r.accounted >= expected
+
+    try:
+        wait_until(done, timeout_s, what, interval_s=1, retry_on=(FileNotFoundError, ValueError))
+    except FlywheelError as exc:
+        raise AssertionError(f"{exc} Last: {last[0]}") from exc
 
 
 def kill_taskmanager(flink, i: int) -> None:
