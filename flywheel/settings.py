@@ -244,6 +244,7 @@ class ValidationSettings(_Model):
     label_rate: tuple[float, float]  # label_click mean must fall inside
     max_position: int  # list slots beyond this are a logging bug
     max_category_null_rate: float  # impressions whose item has no category
+    data_docs: bool  # rebuild GE's Data Docs (HTML) after each run: about half a run's time
     drift: DriftSettings
 
 

@@ -185,7 +185,15 @@ def validate_stage(cfg: Settings, trainset_dir: Path, reference_dir: Path | None
     table, _ = read_trainset(trainset_dir)
     reference = read_trainset(reference_dir)[0].to_pandas() if reference_dir else None
     features = [c for c in manifest.missing_rates if not c.endswith("__missing")]
-    report = validate(table.to_pandas(), features, list(manifest.label_counts), cfg, reference, name=manifest.name)
+    report = validate(
+        table.to_pandas(),
+        features,
+        list(manifest.label_counts),
+        cfg,
+        reference,
+        name=manifest.name,
+        docs=cfg.validation.data_docs,
+    )
     result = report.as_dict() | {"summary": report.summary(), "reasons": report.reasons()}
     (trainset_dir / "validation.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     log.info(report.summary())
