@@ -102,25 +102,34 @@ def marginals(logits: np.ndarray, k: int) -> np.ndarray:
     w = _weights(logits)
     out = np.empty((*w.shape, k))
     m = w.shape[1]
-    rows = max(1, int(8e6 // (m * k * 128)))  # ~64 MB per working array: fewer, larger numpy calls
+    # Working arrays of ~4 MB: they stay in the allocator's heap, where 64 MB ones were mapped and page-faulted
+    # anew every chunk (3-5x slower here).
+    rows = max(1, int(5e5 // (m * k * 128)))
     for lo in range(0, len(w), rows):
         wc = w[lo : lo + rows]
         t, h = _grid(wc, k)
-        stay = np.exp(-wc[:, :, None] * t[:, None, :])  # (rows, m, nodes)
-        # Leave-one-out products by prefix and suffix (no division: stable when an item surely arrived).
-        prefix = np.zeros((len(wc), m + 1, t.shape[1], k))
-        prefix[:, 0, :, 0] = 1.0
+        stay = np.exp(-wc.T[:, :, None] * t[None])  # (m, rows, nodes)
+        arrive = 1.0 - stay
+        # Leave-one-out products by prefix and suffix (no division: stable when an item surely arrived), the
+        # polynomial degree first so that every step works on whole (rows, nodes) planes.
+        prefix = np.zeros((m + 1, k, *t.shape))
+        prefix[0, 0] = 1.0
         suffix = np.zeros_like(prefix)
-        suffix[:, m, :, 0] = 1.0
-        for j in range(m):
-            _mul_arrival(prefix[:, j], stay[:, j], out=prefix[:, j + 1])
-            _mul_arrival(suffix[:, m - j], stay[:, m - 1 - j], out=suffix[:, m - 1 - j])
-        # P(exactly d others arrived) is the product of item i's prefix and suffix polynomials; integrating
-        # first turns the product into one small matrix product per item: G[e, f] = sum_t dens pre[e] suf[f].
-        weighted = (wc[:, :, None] * stay * (h[:, None] * t)[:, None, :])[..., None] * prefix[:, :m]
-        g = np.matmul(weighted.transpose(0, 1, 3, 2), suffix[:, 1:])  # (rows, m, k, k)
-        flipped = g[..., ::-1]  # anti-diagonals e + f = d become diagonals
-        out[lo : lo + rows] = np.stack([np.trace(flipped, offset=k - 1 - d, axis1=2, axis2=3) for d in range(k)], -1)
+        suffix[m, 0] = 1.0
+        for j, i in zip(range(m), range(m - 1, -1, -1), strict=True):
+            np.multiply(prefix[j], stay[j], out=prefix[j + 1])
+            prefix[j + 1, 1:] += prefix[j, :-1] * arrive[j]
+            np.multiply(suffix[i + 1], stay[i], out=suffix[i])
+            suffix[i, 1:] += suffix[i + 1, :-1] * arrive[i]
+        # P(exactly d others arrived) is the product of item i's prefix and suffix polynomials: its coefficient
+        # d collects prefix e times suffix d - e, integrated against item i's arrival density.
+        density = wc.T[:, :, None] * stay * (h[:, None] * t)[None]  # (m, rows, nodes)
+        slots = np.zeros((k, m, len(wc)))
+        for e in range(k):
+            weighted = prefix[:m, e] * density
+            for f in range(k - e):
+                slots[e + f] += np.einsum("irn,irn->ir", weighted, suffix[1:, f])
+        out[lo : lo + rows] = slots.transpose(2, 1, 0)
     return out
 
 
