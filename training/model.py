@@ -9,6 +9,7 @@ dense vector itself, feed a top MLP that outputs a logit.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -72,14 +73,25 @@ class Batch:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # request_id, item_id, propensity, position
 
 
+def _bucket(value: object, buckets: int) -> int:
+    return zlib.crc32(str(value).encode()) % buckets
+
+
 def hash_ids(values: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
     """Stable across processes (Python's hash() is salted): crc32 of the string form, computed once per distinct
     value (a request repeats its user, slot and categories; a training set its ids)."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     encoded = pc.dictionary_encode(arr, null_encoding="encode")  # a null hashes as str(None), like any value
     distinct = encoded.dictionary.to_pylist()
-    codes = np.fromiter((zlib.crc32(str(v).encode()) % buckets for v in distinct), dtype=np.int64, count=len(distinct))
+    codes = np.fromiter((_bucket(v, buckets) for v in distinct), dtype=np.int64, count=len(distinct))
     return codes[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def hash_values(values: Sequence[object], buckets: int) -> np.ndarray:
+    """`hash_ids` of Python values (None as a null)."""
+    codes: dict[object, int] = {}
+    return np.fromiter((codes[v] if v in codes else codes.setdefault(v, _bucket(v, buckets)) for v in values),
+                       dtype=np.int64, count=len(values))  # fmt: skip
 
 
 @lru_cache(maxsize=64)
@@ -93,9 +105,13 @@ def _logged(columns: tuple[str, ...]) -> np.ndarray:
 def dense_matrix(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     """The dense features as float32: missing or not finite -> 0 (the `__missing` indicators say which),
     booleans as 0/1, counts and durations log1p'd."""
-    out = np.empty((table.num_rows, len(columns)), dtype=np.float64)
+    return _dense(lambda c: table.column(c).to_numpy(zero_copy_only=False), table.num_rows, columns)
+
+
+def _dense(column: Callable[[str], np.ndarray], n: int, columns: tuple[str, ...]) -> np.ndarray:
+    out = np.empty((n, len(columns)), dtype=np.float64)
     for j, c in enumerate(columns):
-        out[:, j] = table.column(c).to_numpy(zero_copy_only=False)
+        out[:, j] = column(c)
     out[~np.isfinite(out)] = 0.0
     logged = _logged(columns)
     out[:, logged] = np.log1p(np.maximum(out[:, logged], 0.0))
@@ -116,6 +132,19 @@ def to_batch(table: pa.Table, cfg: ModelConfig, weight: np.ndarray, label: str =
 
 
 SERVED_AT = 1  # the ranker scores every candidate as if shown first: the ranking decides the slot
+
+
+def served_batch(
+    keys: Mapping[str, Sequence[object]], columns: Mapping[str, np.ndarray], cfg: ModelConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's (dense, categorical) inputs for `as_served(keys, columns)` without building the table: the
+    service's path, equal to `to_batch` of that table (tests/unit/test_model.py). `keys` holds user_id,
+    item_id and item_category per candidate, `columns` the features as float64 (NaN when absent)."""
+    n = len(keys["item_id"])
+    slot = hash_values([SERVED_AT], cfg.buckets)
+    cats = [np.repeat(slot, n) if c == "position" else hash_values(keys[c], cfg.buckets) for c in cfg.categorical]
+    dense = _dense(columns.__getitem__, n, cfg.dense)
+    return torch.from_numpy(dense), torch.from_numpy(np.stack(cats, axis=1))
 
 
 def as_served(keys: pa.Table, features: pa.Table) -> pa.Table:

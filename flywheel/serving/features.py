@@ -4,9 +4,11 @@ Feast's `get_online_features` reads the same keys but spends ~20 ms per 100-cand
 Python bookkeeping (measured; docs/design/serving.md), twice the whole latency budget. This reader
 issues one pipelined HMGET per entity for exactly the fields the feature service needs (Feast's key and
 field layout, through flywheel.compat.feast), decodes Feast's `Value` protos, runs the service's
-on-demand views through Feast's own transform, and hands the result to `model.as_served`, the
-function training and off-policy evaluation use. `tests/integration/test_serving.py` checks it equals
-`get_online_features` value for value, cached or not.
+on-demand views through Feast's own transform, and returns numpy columns (`Served`): the service scores
+them with `model.served_batch`, equal to `model.to_batch` of the `model.as_served` table training and
+off-policy evaluation build (tests/unit/test_model.py), without building that table on the request path.
+`tests/integration/test_serving.py` checks `Served.table()` equals `get_online_features` value for value,
+cached or not.
 
 The hashes of items (and any entity keyed by the candidate alone) are shared by most requests: the service
 keeps them decoded, with the on-demand outputs computed from them, in a `TrackedCache` that Redis's
@@ -64,6 +66,33 @@ class _OnDemand:
     view: Any  # Feast's OnDemandFeatureView
     inputs: tuple[str, ...]
     entity: int | None  # the entity kind all its inputs come from, when it needs nothing of the request
+
+
+@dataclass(frozen=True)
+class Served:
+    """The feature-service columns for one request's candidates: float64 with NaN where a value is absent
+    (`nulls` says which, for the stored features; an on-demand output is absent where NaN), the
+    `<view>__missing` indicators as bool."""
+
+    user: str
+    items: list[str]
+    categories: list[str | None]
+    columns: dict[str, np.ndarray]
+    nulls: dict[str, np.ndarray]
+
+    def table(self) -> pa.Table:
+        """As `model.as_served` lays it out: the table training, off-policy evaluation and Feast's path build."""
+        out = {}
+        for name, col in self.columns.items():
+            if col.dtype == np.bool_:
+                out[name] = pa.array(col)
+            elif name in self.nulls:
+                out[name] = pa.array(col, pa.float64(), mask=self.nulls[name])
+            else:
+                out[name] = pa.array(col, pa.float64(), from_pandas=True)
+        keys = pa.table({"user_id": [self.user] * len(self.items), "item_id": self.items,
+                         "item_category": self.categories})  # fmt: skip
+        return as_served(keys, pa.table(out))  # the column order of scoring.online_rows, Feast's own path
 
 
 def _decode(raw: bytes, is_time: bool) -> Any:
@@ -154,6 +183,10 @@ class OnlineFeatures:
     def read(self, user: str, items: list[str], categories: list[str | None], at: datetime) -> pa.Table:
         """One row per candidate: the keys, every feature of the service (float64, null when absent), the
         `<view>__missing` indicators, at slot `model.SERVED_AT`: the table `model.to_batch` scores."""
+        return self.columns(user, items, categories, at).table()
+
+    def columns(self, user: str, items: list[str], categories: list[str | None], at: datetime) -> Served:
+        """What `read` returns, as numpy columns: what the service scores (`model.served_batch`)."""
         n = len(items)
         rows = {"user_id": [user] * n, "item_id": items, "item_category": [c or "" for c in categories]}
         cache = self.cache
@@ -182,14 +215,15 @@ class OnlineFeatures:
                         cache.put(k, row, token)
                 rows_of_e.append(row)
             got.append(rows_of_e)
-        numbers = [np.stack([r.numbers for r in rs]) for rs in got]
-        absent = [np.stack([r.absent for r in rs]) for rs in got]
-        out: dict[str, Any] = {}
+        # Per entity kind, its rows' values spread to the candidates once; each feature is a column of that.
+        numbers = [np.stack([r.numbers for r in rs])[lay[3]] for rs, lay in zip(got, layout, strict=True)]
+        absent = [np.stack([r.absent for r in rs])[lay[3]] for rs, lay in zip(got, layout, strict=True)]
+        out: dict[str, np.ndarray] = {}
+        nulls: dict[str, np.ndarray] = {}
         for v in self.requested:
             for name, _ in v.features:
                 i, j = self._column[name]
-                idx = layout[i][3]
-                out[name] = pa.array(numbers[i][idx, j], pa.float64(), mask=absent[i][idx, j])
+                out[name], nulls[name] = numbers[i][:, j], absent[i][:, j]
             i = self._column[v.features[0][0]][0]
             out[f"{v.name}__missing"] = ~np.array([r.present[v.name] for r in got[i]])[layout[i][3]]
         for od in self.on_demand:
@@ -200,8 +234,7 @@ class OnlineFeatures:
             for name, col in cols.items():
                 if name in self.plan.features and name not in out:
                     out[name] = col
-        keys = pa.table({"user_id": rows["user_id"], "item_id": items, "item_category": categories})
-        return as_served(keys, pa.table(out))  # the column order of scoring.online_rows, Feast's own path
+        return Served(user, items, categories, out, nulls)
 
     def _transform(self, od: _OnDemand, columns: dict[str, list[Any]]) -> dict[str, np.ndarray]:
         """Feast's transform of the view (the one the training-set builder runs) on columns of Python values,
@@ -223,7 +256,7 @@ class OnlineFeatures:
             out[f.name] = np.where(np.isfinite(col), col, np.nan)
         return out
 
-    def _derived(self, od: _OnDemand, rows: list[_Row], index: np.ndarray) -> dict[str, pa.Array]:
+    def _derived(self, od: _OnDemand, rows: list[_Row], index: np.ndarray) -> dict[str, np.ndarray]:
         """A view computed from one entity alone: once per entity, kept on its (cached) row."""
         names = [f.name for f in od.view.features]
         todo = [r for r in rows if names[0] not in r.derived]
@@ -234,12 +267,11 @@ class OnlineFeatures:
             )
             for i, r in enumerate(todo):
                 r.derived.update({name: float(result[name][i]) for name in names})
-        return {name: pa.array(np.array([r.derived[name] for r in rows])[index], pa.float64(), from_pandas=True)
-                for name in names}  # fmt: skip
+        return {name: np.array([r.derived[name] for r in rows])[index] for name in names}
 
     def _on_demand(
         self, od: _OnDemand, got: list[list[_Row]], index: list[np.ndarray], at: datetime, n: int
-    ) -> dict[str, pa.Array]:
+    ) -> dict[str, np.ndarray]:
         """A view that needs the request (or several entities): its transform applied once per distinct
         entity of its inputs when they share one (once for the user), else once per row."""
         where = {name: self._column[name] for name in od.inputs}
@@ -256,4 +288,4 @@ class OnlineFeatures:
             for f in req.schema:
                 columns[f.name] = [at if f.name == REQUEST_TIME else None] * m
         result = self._transform(od, columns)
-        return {name: pa.array(col[rows_index], pa.float64(), from_pandas=True) for name, col in result.items()}
+        return {name: col[rows_index] for name, col in result.items()}

@@ -6,13 +6,15 @@ and none fails during the switch."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from training.model import ModelConfig, Ranker, to_batch
+from flywheel.serving.features import Served
+from training.model import ModelConfig, Ranker, served_batch, to_batch
 from training.pipeline import load_model
 from training.registry import Registry
 
@@ -31,6 +33,14 @@ class Loaded:
         batch = to_batch(table, self.mcfg, np.ones(table.num_rows))
         with torch.no_grad():
             return self.model(batch.dense, batch.cats).numpy().astype(np.float64)
+
+    def score(self, served: Served) -> np.ndarray:
+        """`logits(served.table())` without the table (the request path; equal, tests/unit/test_model.py)."""
+        keys: dict[str, Sequence[object]] = {"user_id": [served.user] * len(served.items), "item_id": served.items,
+                                             "item_category": served.categories}  # fmt: skip
+        dense, cats = served_batch(keys, served.columns, self.mcfg)
+        with torch.no_grad():
+            return self.model(dense, cats).numpy().astype(np.float64)
 
 
 @dataclass(frozen=True)

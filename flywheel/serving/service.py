@@ -27,7 +27,7 @@ from flywheel import policy
 from flywheel.errors import FlywheelError
 from flywheel.serving.catalog import Catalog
 from flywheel.serving.exposure import ExposureLog
-from flywheel.serving.features import OnlineFeatures
+from flywheel.serving.features import OnlineFeatures, Served
 from flywheel.serving.models import Loaded, Models
 from flywheel.settings import Settings
 from training.registry import Registry
@@ -264,14 +264,14 @@ class RankingService:
     def _logits(
         self, models: list[Loaded], user: str, items: list[str], cats: list[str | None], at: datetime, timings: Timings
     ) -> list[np.ndarray]:
-        tables: dict[str, Any] = {}
+        served: dict[str, Served] = {}
         out = []
         for model in models:
-            if model.feature_service not in tables:
+            if model.feature_service not in served:
                 t0 = time.perf_counter()
-                tables[model.feature_service] = self._reader(model.feature_service).read(user, items, cats, at)
+                served[model.feature_service] = self._reader(model.feature_service).columns(user, items, cats, at)
                 timings.features_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            out.append(model.logits(tables[model.feature_service]))
+            out.append(model.score(served[model.feature_service]))
             timings.score_s += time.perf_counter() - t0
         return out

@@ -9,8 +9,9 @@ import zlib
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
-from training.model import dense_matrix, hash_ids
+from training.model import ModelConfig, as_served, dense_matrix, hash_ids, hash_values, served_batch, to_batch
 
 BUCKETS = 50_021
 
@@ -61,3 +62,28 @@ def test_dense_matrix_zeroes_missing_and_logs_counts_and_durations():
     got = dense_matrix(table, columns)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, _dense_by_definition(table, columns), rtol=1e-6, atol=0)
+
+
+def test_hash_values_equals_hash_ids():
+    values = ["a", None, "b", "a", None, "日本"]
+    assert hash_values(values, BUCKETS).tolist() == hash_ids(pa.array(values), BUCKETS).tolist()
+
+
+def test_the_services_batch_equals_training_s_batch_of_the_served_table():
+    rng = np.random.default_rng(5)
+    n = 80
+    items = [f"i{i}" for i in rng.integers(0, 50, n)]
+    keys = {"user_id": ["u7"] * n, "item_id": items, "item_category": [None if i % 7 == 0 else f"c{i % 4}"
+                                                                        for i in range(n)]}  # fmt: skip
+    columns: dict[str, np.ndarray] = {}
+    for name in ("user_clicks_1h", "user_ctr_24h", "seconds_since_click", "item_impressions_7d", "trend"):
+        v = rng.random(n) * 50 - 2
+        v[rng.random(n) < 0.2] = np.nan  # absent
+        v[3] = np.inf
+        columns[name] = v
+    columns["user_stats__missing"] = rng.random(n) < 0.3
+    cfg = ModelConfig(dense=tuple(reversed(columns)))
+    table = as_served(pa.table(keys), pa.table({c: pa.array(v, from_pandas=True) for c, v in columns.items()}))
+    batch = to_batch(table, cfg, np.ones(n))
+    dense, cats = served_batch(keys, columns, cfg)
+    assert torch.equal(dense, batch.dense) and torch.equal(cats, batch.cats)
