@@ -1,5 +1,5 @@
 # Flywheel: the commands a newcomer needs. `make setup` is idempotent and runs first everywhere.
-.PHONY: setup demo test test-faults test-unit test-jvm test-integration bench lint down
+.PHONY: setup demo test test-e2e test-faults test-unit test-jvm test-integration bench lint down
 
 PYTEST = .venv/bin/pytest -q --durations=15
 
@@ -14,9 +14,13 @@ demo: setup
 test: setup
 	bash tests/jvm/run.sh
 	$(PYTEST) tests/unit
-	$(PYTEST) tests/integration -m "not faults"
+	$(PYTEST) tests/integration -m "not faults and not e2e"
 
-# The fault matrix's slow rows (kills and outages on the real stack, minutes each): CI runs them after `make test`.
+# The DAGs and the closed loop end to end on the real stack (minutes each): CI runs them after `make test`.
+test-e2e: setup
+	$(PYTEST) tests/integration -m e2e
+
+# The fault matrix's slow rows (kills and outages on the real stack, minutes each): CI runs them after `make test-e2e`.
 test-faults: setup
 	$(PYTEST) tests/integration -m faults
 

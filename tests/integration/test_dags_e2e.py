@@ -29,7 +29,7 @@ from flywheel.stack.services import Redis
 from tests.integration.dag_runs import airflow_env, run_dag
 from training import pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # minutes each: `make test-e2e`
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the weekly DAG's interval boundary is Monday 03:00
 
 WEEKLY, DAILY = "retrain_weekly_incremental", "rollback_check_daily"

@@ -103,6 +103,7 @@ def _taskmanagers_of(cfg, job_id: str) -> set[str]:
     return out
 
 
+@pytest.mark.faults  # a fault-matrix row: minutes; `make test-faults`
 def test_a_killed_taskmanager_is_recovered_from_exactly(cfg, monkeypatch):
     """The job at parallelism 4 across the test cluster's two TaskManagers (two slots each, separate working
     directories): SIGKILL one of them after a completed checkpoint and start a new one; the job restores

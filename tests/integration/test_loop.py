@@ -13,7 +13,7 @@ from flywheel.orchestration import tasks
 from training import pipeline
 from training.labels import connect, event_log_files
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # minutes: `make test-e2e`
 
 
 def test_the_loop_serves_a_week_and_retrains_on_what_it_served(cfg, tmp_path, monkeypatch):

@@ -142,6 +142,7 @@ def test_writes_are_newer_only_against_feasts_own_writes(cfg, store):
     assert read()["newer-a"] == 4
 
 
+@pytest.mark.faults  # a fault-matrix row: minutes; `make test-faults`
 def test_a_redis_outage_heals_by_itself_and_loses_nothing(cfg, store, monkeypatch):
     """Redis stops for 30 s while the job runs and events keep coming: the sink retries, gives up after
     its retry timeout (10 s here), the job restarts from its checkpoint until Redis is back, and in the end
