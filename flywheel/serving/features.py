@@ -80,6 +80,10 @@ class Served:
     columns: dict[str, np.ndarray]
     nulls: dict[str, np.ndarray]
 
+    def keys(self) -> dict[str, list[Any]]:
+        """user_id, item_id and item_category per candidate."""
+        return {"user_id": [self.user] * len(self.items), "item_id": self.items, "item_category": self.categories}
+
     def table(self) -> pa.Table:
         """As `model.as_served` lays it out: the table training, off-policy evaluation and Feast's path build."""
         out = {}
@@ -90,9 +94,7 @@ class Served:
                 out[name] = pa.array(col, pa.float64(), mask=self.nulls[name])
             else:
                 out[name] = pa.array(col, pa.float64(), from_pandas=True)
-        keys = pa.table({"user_id": [self.user] * len(self.items), "item_id": self.items,
-                         "item_category": self.categories})  # fmt: skip
-        return as_served(keys, pa.table(out))  # the column order of scoring.online_rows, Feast's own path
+        return as_served(pa.table(self.keys()), pa.table(out))  # the column order of scoring.online_rows
 
 
 def _decode(raw: bytes, is_time: bool) -> Any:

@@ -6,7 +6,6 @@ and none fails during the switch."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +35,7 @@ class Loaded:
 
     def score(self, served: Served) -> np.ndarray:
         """`logits(served.table())` without the table (the request path; equal, tests/unit/test_model.py)."""
-        keys: dict[str, Sequence[object]] = {"user_id": [served.user] * len(served.items), "item_id": served.items,
-                                             "item_category": served.categories}  # fmt: skip
-        dense, cats = served_batch(keys, served.columns, self.mcfg)
+        dense, cats = served_batch(served.keys(), served.columns, self.mcfg)
         with torch.no_grad():
             return self.model(dense, cats).numpy().astype(np.float64)
 
