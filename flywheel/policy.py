@@ -77,6 +77,12 @@ def _mul_arrival(a: np.ndarray, stay: np.ndarray, out: np.ndarray | None = None)
     return out
 
 
+def _times_arrival(a: np.ndarray, stay: np.ndarray, arrive: np.ndarray, out: np.ndarray) -> None:
+    """`_mul_arrival` with the degree as the first axis: a (k, rows, nodes), stay and arrive (rows, nodes)."""
+    np.multiply(a, stay, out=out)
+    out[1:] += a[:-1] * arrive
+
+
 def _grid(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-row nodes t (rows, nodes) on an even grid in log t, and the step: from _T_LOW to where the
     k-th heaviest other item has surely arrived (or, with fewer items than slots, the lightest one)."""
@@ -117,10 +123,8 @@ def marginals(logits: np.ndarray, k: int) -> np.ndarray:
         suffix = np.zeros_like(prefix)
         suffix[m, 0] = 1.0
         for j, i in zip(range(m), range(m - 1, -1, -1), strict=True):
-            np.multiply(prefix[j], stay[j], out=prefix[j + 1])
-            prefix[j + 1, 1:] += prefix[j, :-1] * arrive[j]
-            np.multiply(suffix[i + 1], stay[i], out=suffix[i])
-            suffix[i, 1:] += suffix[i + 1, :-1] * arrive[i]
+            _times_arrival(prefix[j], stay[j], arrive[j], out=prefix[j + 1])
+            _times_arrival(suffix[i + 1], stay[i], arrive[i], out=suffix[i])
         # P(exactly d others arrived) is the product of item i's prefix and suffix polynomials: its coefficient
         # d collects prefix e times suffix d - e, integrated against item i's arrival density.
         density = wc.T[:, :, None] * stay * (h[:, None] * t)[None]  # (m, rows, nodes)
