@@ -11,9 +11,9 @@ the list is the arrival order, so (with sum(w) = 1)
 
 where the second factor is a Poisson-binomial probability. `marginals` evaluates it for any weights
 (trapezoid in log t, exponentially convergent for these analytic integrands, Poisson-binomial by a
-leave-one-out product); `marginals_of_shown` is the fast path for large catalogs with small weights
-(Gauss-Laguerre in t, the Poisson-binomial from power sums of the weights), used by the simulator and
-checked against `marginals` in the tests. `docs/design/off-policy.md` has the derivation.
+leave-one-out product); `marginals_of_shown`, what the simulator and the service log, computes only the
+shown items' (Gauss-Laguerre in t when the weights allow it) in a loop compiled by numba, checked against
+`marginals` in the tests. `docs/design/off-policy.md` has the derivation.
 """
 
 from __future__ import annotations
@@ -62,23 +62,9 @@ def sequential(logits: np.ndarray, shown: np.ndarray) -> np.ndarray:
     return chosen / np.maximum(left, 1e-300)
 
 
-def _poly_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Product of polynomials in the last axis (coefficient of x^0 first), truncated to a's degree."""
-    out = np.zeros_like(a)
-    for d in range(a.shape[-1]):
-        out[..., d:] += a[..., d : d + 1] * b[..., : a.shape[-1] - d]
-    return out
-
-
-def _mul_arrival(a: np.ndarray, stay: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a(x) * ((1 - q) + q x), with stay = 1 - q = e^{-w t} (the item has not arrived by t): a (rows, nodes, k)."""
-    out = np.multiply(a, stay[..., None], out=out)
-    out[..., 1:] += a[..., :-1] * (1.0 - stay[..., None])
-    return out
-
-
 def _times_arrival(a: np.ndarray, stay: np.ndarray, arrive: np.ndarray, out: np.ndarray) -> None:
-    """`_mul_arrival` with the degree as the first axis: a (k, rows, nodes), stay and arrive (rows, nodes)."""
+    """out = a(x) * (stay + arrive x), truncated, with the degree as the first axis: a (k, rows, nodes), stay
+    = e^{-w t} (the item has not arrived by t) and arrive = 1 - stay (rows, nodes)."""
     np.multiply(a, stay, out=out)
     out[1:] += a[:-1] * arrive
 
@@ -93,11 +79,6 @@ def _grid(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     nodes = max(int(np.ceil((s_hi.max() - np.log(_T_LOW)) / _STEP)) + 1, 8)
     s = np.linspace(np.log(_T_LOW), s_hi, nodes, axis=1)
     return np.exp(s), s[:, 1] - s[:, 0]
-
-
-def _density(w_i: np.ndarray, t: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """(rows, items, nodes): w_i e^{-w_i t} (item i arrives at t) times the quadrature weight of each node."""
-    return w_i[:, :, None] * np.exp(-w_i[:, :, None] * t[:, None, :]) * quad[:, None, :]
 
 
 def marginals(logits: np.ndarray, k: int) -> np.ndarray:
@@ -137,97 +118,101 @@ def marginals(logits: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-# The fast path: Gauss-Laguerre in t; light items through power sums of their weights (Taylor terms of
-# (e^u - 1)^m), heavy ones multiplied out exactly.
 _LAGUERRE_NODES = 24
-_SERIES_TERMS = 48
-_LIGHT = 0.01  # light items' power series stay well conditioned at every node below this weight
-_FAST_TAIL_MASS = 0.4  # the fast path needs this much weight outside the 2k heaviest items: with less, the
-# integrand decays slower than the Laguerre weight e^-t and reaches past its nodes (the direct path then)
-
-
-@cache
-def _expm1_power_series(k: int) -> np.ndarray:
-    """(k, _SERIES_TERMS) c[m-1, l]: (e^u - 1)^m = sum_l c[m-1, l] u^l, for m = 1..k."""
-    base = np.zeros(_SERIES_TERMS)
-    base[1:] = 1.0 / np.cumprod(np.arange(1, _SERIES_TERMS, dtype=np.float64))
-    rows, power = [], base
-    for _ in range(k):
-        rows.append(power)
-        power = np.convolve(power, base)[:_SERIES_TERMS]
-    return np.array(rows)
+# Laguerre nodes need this much weight outside the 2k heaviest items: with less, the integrand decays slower than
+# the Laguerre weight e^-t and reaches past its nodes (the trapezoid grid then).
+_LAGUERRE_TAIL_MASS = 0.4
 
 
 def marginals_of_shown(logits: np.ndarray, shown: np.ndarray, chunk: int = 2000) -> np.ndarray:
     """(rows, k): P(shown[r, s] at slot s+1), for the items a PL draw showed, to ~1e-9 absolute.
 
-    For large catalogs: rows with enough weight outside their 2k heaviest items take the fast path (cost
-    O(items * terms) per row), the others multiply every item out on the direct grid."""
+    Rows with enough weight outside their 2k heaviest items integrate on Gauss-Laguerre nodes, the others on
+    the trapezoid grid of `marginals`; either way `_shown_exact` multiplies every item out (O(items * k * nodes)
+    a row), compiled: vectorised, this work is mostly numpy's per-call overhead (docs/design/off-policy.md)."""
     out = np.empty(shown.shape)
+    exact = compiled()
     for lo in range(0, len(shown), chunk):
         w = _weights(logits[lo : lo + chunk])
-        s = shown[lo : lo + chunk]
+        s = shown[lo : lo + chunk].astype(np.int64)
         k = s.shape[1]
         heaviest = -np.partition(-w, 2 * k - 1, axis=1)[:, : 2 * k] if w.shape[1] > 2 * k else w
-        fast = 1.0 - heaviest.sum(axis=1) >= _FAST_TAIL_MASS
+        laguerre = 1.0 - heaviest.sum(axis=1) >= _LAGUERRE_TAIL_MASS
         part = np.empty(s.shape)
-        if fast.any():
-            part[fast] = _shown_fast(w[fast], s[fast])
-        if (~fast).any():
-            part[~fast] = _shown_direct(w[~fast], s[~fast])
+        if laguerre.any():
+            nodes, weight = _laguerre()
+            t = np.tile(nodes, (int(laguerre.sum()), 1))  # one array type for both grids: one compiled kernel
+            part[laguerre] = exact(w[laguerre], s[laguerre], t, np.tile(weight, (len(t), 1)))
+        if (~laguerre).any():
+            t, h = _grid(w[~laguerre], k)
+            part[~laguerre] = exact(w[~laguerre], s[~laguerre], t, h[:, None] * t)
         out[lo : lo + chunk] = part
     return out
 
 
-def _shown_direct(w: np.ndarray, shown: np.ndarray) -> np.ndarray:
-    t, h = _grid(w, shown.shape[1])
-    return _shown_integral(w, shown, t, h[:, None] * t, _product_direct)
+def _shown_exact(w: np.ndarray, shown: np.ndarray, t: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """`marginals_of_shown` for rows (w, shown) on nodes t with quadrature weights quad (rows, nodes):
+    at each node, the items not shown multiplied out into a polynomial of degree < k, then each shown item's
+    leave-one-out product from prefix and suffix products over the shown items (no division). Loops, for
+    numba (`compiled`)."""
+    rows, m = w.shape
+    k = shown.shape[1]
+    out = np.zeros((rows, k))
+    is_shown = np.zeros(m, dtype=np.bool_)
+    rest = np.empty(k)
+    prefix = np.empty((k + 1, k))
+    suffix = np.empty((k + 1, k))
+    stay = np.empty(k)
+    arrive = np.empty(k)
+    for r in range(rows):
+        is_shown[:] = False
+        for i in range(k):
+            is_shown[shown[r, i]] = True
+        for n in range(t.shape[1]):
+            tn = t[r, n]
+            rest[:] = 0.0
+            rest[0] = 1.0
+            for j in range(m):
+                if is_shown[j] or w[r, j] <= 0.0:
+                    continue
+                s = np.exp(-w[r, j] * tn)
+                a = -np.expm1(-w[r, j] * tn)
+                for d in range(k - 1, 0, -1):
+                    rest[d] = rest[d] * s + rest[d - 1] * a
+                rest[0] *= s
+            for i in range(k):
+                stay[i] = np.exp(-w[r, shown[r, i]] * tn)
+                arrive[i] = -np.expm1(-w[r, shown[r, i]] * tn)
+            # prefix[i]: rest times the shown items above slot i + 1; suffix[i]: the shown items from slot i + 1 down.
+            prefix[0, :] = rest
+            suffix[k, :] = 0.0
+            suffix[k, 0] = 1.0
+            for i in range(k):
+                b = k - 1 - i
+                for d in range(k - 1, 0, -1):
+                    prefix[i + 1, d] = prefix[i, d] * stay[i] + prefix[i, d - 1] * arrive[i]
+                    suffix[b, d] = suffix[b + 1, d] * stay[b] + suffix[b + 1, d - 1] * arrive[b]
+                prefix[i + 1, 0] = prefix[i, 0] * stay[i]
+                suffix[b, 0] = suffix[b + 1, 0] * stay[b]
+            for i in range(k):  # shown item i, at slot i + 1: exactly i others arrived before it
+                c = 0.0
+                for e in range(i + 1):
+                    c += prefix[i, e] * suffix[i + 1, i - e]
+                out[r, i] += quad[r, n] * w[r, shown[r, i]] * stay[i] * c
+    return out
 
 
-def _shown_integral(
-    w: np.ndarray, shown: np.ndarray, t: np.ndarray, quad: np.ndarray, rest_product: Callable[..., np.ndarray]
-) -> np.ndarray:
-    """sum_nodes quad * w_i e^{-w_i t} P(exactly s-1 others arrived by t), for each shown item i at its slot s;
-    `rest_product` multiplies out the items not shown."""
-    rows, k = shown.shape
-    rest = w.copy()
-    np.put_along_axis(rest, shown, 0.0, axis=1)  # a zero weight never arrives: a neutral factor
-    product = rest_product(rest, t, k)
-    w_s = np.take_along_axis(w, shown, axis=1)
-    # P(exactly d others arrived by t), for each shown item i at once: multiply in every shown j, with a
-    # neutral factor (stay = 1) where j is i itself.
-    stay = np.exp(-w_s[:, :, None] * t[:, None, :])  # (rows, k, nodes)
-    others = np.broadcast_to(product[:, None], (rows, k, *product.shape[1:]))
-    for j in range(k):
-        factor = np.broadcast_to(stay[:, None, j], (rows, k, t.shape[1])).copy()
-        factor[:, j] = 1.0
-        others = _mul_arrival(others, factor)
-    slot = np.arange(k)
-    return np.einsum("rin,rin->ri", _density(w_s, t, quad), others[:, slot, :, slot].transpose(1, 0, 2))
+@cache
+def compiled() -> Callable[..., np.ndarray]:
+    """`_shown_exact` compiled by numba on first use (kept on disk in __pycache__, so a restart loads it)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_shown_exact)
 
 
-def _product_direct(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
-    """prod_j ((1 - q_j) + q_j x) over each row's items with a positive weight."""
-    most = int((rest > 0).sum(axis=1).max(initial=0))
-    packed = -np.sort(-rest, axis=1)[:, :most]  # each row's positive weights first: fewer, shorter loops
-    product = np.zeros((len(rest), t.shape[1], k))
-    product[..., 0] = 1.0
-    stays = np.exp(-packed[:, :, None, None] * t[:, None, :, None])  # (rows, items, nodes, 1), as _mul_arrival
-    arrives = 1.0 - stays
-    for j in range(most):  # _mul_arrival with its factors computed for all items at once
-        step = product * stays[:, j]
-        step[..., 1:] += product[..., :-1] * arrives[:, j]
-        product = step
-    return product
-
-
-def _shown_fast(w: np.ndarray, shown: np.ndarray) -> np.ndarray:
-    """Gauss-Laguerre (sum(w) = 1, so the density times P(others) carries e^{-t}). For the light items not
-    shown, prod_j ((1 - q_j) + q_j x) = e^{-sum_j w_j t} exp(sum_m (-1)^{m+1} P_m x^m / m) with
-    P_m = sum_j (e^{w_j t} - 1)^m = sum_l c[m, l] t^l S_l and S_l = sum_j w_j^l (Newton's identities)."""
-    nodes, weight = _laguerre()
-    t = np.broadcast_to(nodes, (len(w), len(nodes)))
-    return _shown_integral(w, shown, t, np.broadcast_to(weight, t.shape), _product_fast)
+def warm_up() -> None:
+    """Compile the kernel, or load it from disk, now: the first served list must not wait seconds for it."""
+    marginals_of_shown(np.zeros((1, 2)), np.array([[0, 1]]))
 
 
 @cache
@@ -235,24 +220,6 @@ def _laguerre() -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Laguerre nodes and weights times e^t (the integrands carry their own decay)."""
     t, weight = np.polynomial.laguerre.laggauss(_LAGUERRE_NODES)
     return t, weight * np.exp(t)
-
-
-def _product_fast(rest: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
-    light = np.where(rest <= _LIGHT, rest, 0.0)
-    product = _product_direct(rest - light, t, k)  # the few heavy items, exactly
-    power_sums = np.zeros((len(rest), _SERIES_TERMS))  # S_0 is not needed: the series of (e^u - 1)^m starts at u^1
-    power_sums[:, 1:] = np.cumprod(np.broadcast_to(light[:, :, None], (*light.shape, _SERIES_TERMS - 1)), axis=2).sum(1)
-    t_pow = t[0][:, None] ** np.arange(_SERIES_TERMS)[None, :]  # (nodes, terms)
-    m = np.arange(1, k)
-    psum = np.einsum("rl,ql,ml->rqm", power_sums, t_pow, _expm1_power_series(k)[: k - 1])  # P_m, m = 1..k-1
-    a = psum * ((-1.0) ** (m + 1) / m)  # the log's coefficients of x^1..x^{k-1}
-    ja = a * m  # j * a_j: exp of the log's series by coef_d = sum_{j=1..d} j a_j coef_{d-j} / d
-    coef = np.zeros((*psum.shape[:2], k))
-    coef[..., 0] = 1.0
-    for d in range(1, k):
-        coef[..., d] = np.einsum("...j,...j->...", ja[..., :d], coef[..., d - 1 :: -1]) / d
-    coef *= np.exp(-light.sum(axis=1)[:, None, None] * t[:, :, None])
-    return _poly_mul(product, coef)
 
 
 # ---------------------------------------------------------------------------------------------------

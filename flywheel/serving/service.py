@@ -110,11 +110,13 @@ class RankingService:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Check the online store answers, read the catalog and the models, start the background refresh."""
+        """Check the online store answers, read the catalog and the models, compile the propensity kernel, start
+        the background refresh."""
         check_online_store(self.cfg, self.store)
         self.catalog.refresh()
         self.models.refresh()
         self._prepare()
+        policy.warm_up()
         self._thread = threading.Thread(target=self._background, name="serving-refresh", daemon=True)
         self._thread.start()
 

@@ -1,5 +1,5 @@
 """Plackett-Luce propensities against independent truths: brute-force enumeration of every ordered
-prefix, Monte Carlo draws, and the fast path against the direct one on large catalogs."""
+prefix, Monte Carlo draws, and the shown items' compiled path against the vectorised full marginals."""
 
 from __future__ import annotations
 
@@ -57,16 +57,22 @@ def test_marginals_agree_with_monte_carlo_draws():
     assert np.allclose(exact.sum(axis=0), 1.0, atol=1e-9)  # every slot is filled by some item
 
 
-@pytest.mark.parametrize("items,scale,heavy", [(2_000, 1.2, 0), (400, 0.6, 2), (120, 1.0, 1), (60, 2.0, 3)])
-def test_fast_path_equals_the_direct_path(items, scale, heavy):
-    """Large catalogs (with a few heavy items, or small and peaked ones that fall back to the direct path)."""
+@pytest.mark.parametrize(
+    "rows,items,scale,heavy",
+    [(4, 2_000, 1.2, 0), (20, 600, 0.6, 2), (20, 120, 1.0, 1), (20, 100, 0.2, 0), (20, 100, 4.0, 0), (20, 60, 2.0, 3),
+     (20, 30, 12.0, 0)],
+)  # fmt: skip
+def test_marginals_of_shown_equal_the_full_marginals(rows, items, scale, heavy):
+    """The compiled loop, on the Laguerre nodes (flat weights) and on the trapezoid grid (peaked ones, or a
+    few heavy items), against the vectorised computation of every item at every slot."""
     rng = np.random.default_rng(items)
-    logits = rng.normal(0, scale, (40, items))
-    logits[:, :heavy] += rng.uniform(0, 5, (40, heavy))
+    logits = rng.normal(0, scale, (rows, items))
+    logits[:, :heavy] += rng.uniform(0, 5, (rows, heavy))
     shown = policy.sample(logits, 10, rng)
-    direct = policy._shown_direct(policy._weights(logits), shown)
+    full = policy.marginals(logits, 10)
+    want = full[np.arange(rows)[:, None], shown, np.arange(10)]
     got = policy.marginals_of_shown(logits, shown)
-    assert np.max(np.abs(got - direct) / direct) < 1e-8
+    assert np.max(np.abs(got - want) / want) < 1e-8
 
 
 def _list_probabilities(logits: np.ndarray, k: int, temperature: float, epsilon: float) -> dict[tuple, float]:
