@@ -5,10 +5,11 @@ Feast's `get_online_features` (the baseline). Figures into var/bench/results.jso
 var/bench/serving.png.
 
 Setup: features for USERS users, ITEMS items and their (user, category) pairs written by Feast's own
-writer into the running Redis, the items in a catalog file, an untrained ranker of ranker_v1's shape
-(latency does not depend on the weights) in a throwaway registry; the service runs as `flywheel serve`
-in its own process, logging to a throwaway topic. The load is open loop (requests leave on a fixed
-schedule, latency counts from the scheduled time, so a slow answer delays nobody's clock).
+writer into the running Redis, the items in a catalog file, an untrained ranker of ranker_v1's shape in a
+throwaway registry (its flat scores take the propensities' cheaper grid; a trained ranker's peaked ones cost
+about 0.3 ms more a request); the service runs as `flywheel serve` in its own process, logging to a
+throwaway topic. The load is open loop (requests leave on a fixed schedule, latency counts from the
+scheduled time, so a slow answer delays nobody's clock). The fixed-rate step runs first, then the ramp.
 """
 
 from __future__ import annotations
