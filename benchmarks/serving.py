@@ -6,10 +6,11 @@ var/bench/serving.png.
 
 Setup: features for USERS users, ITEMS items and their (user, category) pairs written by Feast's own
 writer into the running Redis, the items in a catalog file, an untrained ranker of ranker_v1's shape in a
-throwaway registry (its flat scores take the propensities' cheaper grid; a trained ranker's peaked ones cost
-about 0.3 ms more a request); the service runs as `flywheel serve` in its own process, logging to a
-throwaway topic. The load is open loop (requests leave on a fixed schedule, latency counts from the
-scheduled time, so a slow answer delays nobody's clock). The fixed-rate step runs first, then the ramp.
+throwaway registry (its flat scores take the propensities' cheaper grid; scores as peaked as a trained
+ranker's cost about 0.8 ms more a request: docs/benchmarks.md); the service runs as `flywheel serve` in its
+own process, logging to a throwaway topic. The load is open loop (requests leave on a fixed schedule,
+latency counts from the scheduled time, so a slow answer delays nobody's clock). The fixed-rate step runs
+first, then the ramp.
 """
 
 from __future__ import annotations
