@@ -119,6 +119,8 @@ def marginals(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 _LAGUERRE_NODES = 24
+_ARRIVED = 42.0  # w t beyond this: the item has arrived but for e^-42 (6e-19)
+_POISSON = 1e-6  # w t below this: its factor is exp(w t (x - 1)) but for (w t)^2 / 2 (5e-13)
 # Laguerre nodes need this much weight outside the 2k heaviest items: with less, the integrand decays slower than
 # the Laguerre weight e^-t and reaches past its nodes (the trapezoid grid then).
 _LAGUERRE_TAIL_MASS = 0.4
@@ -172,14 +174,39 @@ def _shown_exact(w: np.ndarray, shown: np.ndarray, t: np.ndarray, quad: np.ndarr
             tn = t[r, n]
             rest[:] = 0.0
             rest[0] = 1.0
+            # Items far from their arrival need no multiplication: those surely arrived (w t > _ARRIVED) shift the
+            # polynomial by one degree each, those barely started (w t < _POISSON) enter together as a Poisson factor.
+            arrived = 0
+            light = 0.0
             for j in range(m):
                 if is_shown[j] or w[r, j] <= 0.0:
                     continue
-                s = np.exp(-w[r, j] * tn)
-                a = -np.expm1(-w[r, j] * tn)
+                x = w[r, j] * tn
+                if x > _ARRIVED:
+                    arrived += 1
+                    continue
+                if x < _POISSON:
+                    light += x
+                    continue
+                s = np.exp(-x)
+                a = -np.expm1(-x)
                 for d in range(k - 1, 0, -1):
                     rest[d] = rest[d] * s + rest[d - 1] * a
                 rest[0] *= s
+            if arrived >= k:  # k others surely arrived before any shown item: nothing to add at this node
+                continue
+            if light > 0.0:  # times exp(light (x - 1)): coefficients e^-light light^d / d!
+                poisson = np.exp(-light)
+                for d in range(k - 1, -1, -1):
+                    c = 0.0
+                    term = poisson
+                    for e in range(d + 1):
+                        c += rest[d - e] * term
+                        term *= light / (e + 1)
+                    rest[d] = c
+            if arrived > 0:
+                for d in range(k - 1, -1, -1):
+                    rest[d] = rest[d - arrived] if d >= arrived else 0.0
             for i in range(k):
                 stay[i] = np.exp(-w[r, shown[r, i]] * tn)
                 arrive[i] = -np.expm1(-w[r, shown[r, i]] * tn)
