@@ -145,9 +145,10 @@ def marginals_of_shown(logits: np.ndarray, shown: np.ndarray, chunk: int = 2000)
             nodes, weight = _laguerre()
             t = np.tile(nodes, (int(laguerre.sum()), 1))  # one array type for both grids: one compiled kernel
             part[laguerre] = exact(w[laguerre], s[laguerre], t, np.tile(weight, (len(t), 1)))
-        if (~laguerre).any():
-            t, h = _grid(w[~laguerre], k)
-            part[~laguerre] = exact(w[~laguerre], s[~laguerre], t, h[:, None] * t)
+        if not laguerre.all():
+            w_t, s_t = w[~laguerre], s[~laguerre]
+            t, h = _grid(w_t, k)
+            part[~laguerre] = exact(w_t, s_t, t, h[:, None] * t)
         out[lo : lo + chunk] = part
     return out
 
