@@ -106,21 +106,6 @@ def register_untrained(registry_dir: Path, store, seed: int, promote: bool = Tru
     return version
 
 
-def _serving(url: str, version: str, workers: int, timeout_s: float = 60.0) -> None:
-    """Wait until every worker serves `version` (each reloads on its own when the registry's alias moves)."""
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    seen: dict[int, str | None] = {}
-    while time.monotonic() < deadline:
-        h = requests.get(f"{url}/healthz", timeout=10).json()
-        seen[h["worker"]] = h["version"]
-        if len(seen) >= workers and all(v == version for v in seen.values()):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the service did not switch to {version} in {timeout_s:.0f}s (workers: {seen})")
-
-
 def _drained(url: str, token: str, timeout_s: float = 120.0) -> None:
     """Wait until the previous step's impressions are in Kafka: their logging would compete for the CPU."""
     import requests
@@ -253,7 +238,7 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
     from flywheel.clients import feast_store
     from flywheel.clients.kafka import ensure_topics
     from flywheel.serving.catalog import catalog_dir
-    from flywheel.serving.process import running
+    from flywheel.serving.process import await_version, running
     from training.registry import Registry
 
     feast_store.apply(cfg)
@@ -290,13 +275,13 @@ def run(cfg: Settings, log: Callable[[str], None] = print) -> dict:
             )
             # A trained ranker's scores are spread, not flat: the propensities' costlier case.
             spread = register_untrained(work / "registry", store, seed=1, scale=TRAINED_SPREAD)
-            _serving(url, spread, cfg.serving.workers)
+            await_version(url, spread, cfg.serving.workers)
             load(url, token, bodies, 50, 5)
             _drained(url, token)
             trained = load(url, token, bodies, FIXED_RATE, DURATION_S)
             log(f"  {FIXED_RATE} req/s, trained-like scores: p50 {trained['p50']:.1f} ms, p99 {trained['p99']:.1f} ms")
             Registry(work / "registry").promote(version, ["benchmark: the flat ranker again for the ramp"])
-            _serving(url, version, cfg.serving.workers)
+            await_version(url, version, cfg.serving.workers)
             steps = [fixed]
             best = 0.0
             for rate in (*range(25, 200, 25), *range(200, 1001, 50)):

@@ -217,7 +217,7 @@ def _serve_weeks(
     from flywheel.events import closed_loop
     from flywheel.events.producer import EventProducer
     from flywheel.serving.catalog import catalog_dir
-    from flywheel.serving.process import running
+    from flywheel.serving.process import await_version, running
     from training import pipeline
 
     token = cfg.serving.require_token()
@@ -250,11 +250,7 @@ def _serve_weeks(
             weeks.append(week)
             new = pipeline.registry(cfg).aliases()["champion"]
             if new != champion:
-                t1 = time.monotonic()
-                while client.health().get("version") != new:
-                    if time.monotonic() - t1 > 60:
-                        raise FlywheelError(f"the service still serves {champion} 60 s after {new} became champion")
-                    time.sleep(0.2)
+                await_version(url, new, cfg.serving.workers)
                 # An upper bound: the retrain may have returned well after the promotion it recorded.
                 promoted_at = datetime.fromisoformat(week.decision["at"]) if week.decision else datetime.now(UTC)
                 week.switched_after_s = (datetime.now(UTC) - promoted_at).total_seconds()

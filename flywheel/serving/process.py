@@ -61,3 +61,17 @@ def running(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def await_version(url: str, version: str | None, workers: int, timeout_s: float = 60.0) -> float:
+    """Wait until every worker serves `version` (each reloads by itself when the registry's alias moves);
+    returns the seconds waited. Each poll opens a new connection: a kept-alive one would see one worker only."""
+    t0 = time.monotonic()
+    seen: dict[int, str | None] = {}
+    while not (len(seen) >= workers and all(v == version for v in seen.values())):
+        if time.monotonic() - t0 > timeout_s:
+            raise FlywheelError(f"the service does not serve {version} after {timeout_s:.0f} s (workers: {seen})")
+        time.sleep(0.2)
+        health = requests.get(f"{url}/healthz", timeout=10).json()
+        seen[health["worker"]] = health["version"]
+    return time.monotonic() - t0
