@@ -56,6 +56,20 @@ def _event_time_as_the_source_reads_it(raw: bytes) -> int:
     return 0
 
 
+# The Python validator costs about half a millisecond a record, and each check reads the same records
+# several times (the source topic and the simulator's values, per view): each distinct record is parsed once.
+_PARSED: dict[bytes, tuple] = {}
+
+
+def _parse(raw: bytes) -> tuple:
+    hit = _PARSED.get(raw)
+    if hit is None:
+        if len(_PARSED) >= 1_000_000:
+            _PARSED.clear()
+        hit = _PARSED[raw] = parse(raw)
+    return hit
+
+
 def late_by_rule(cfg, topic: str) -> Counter[str]:
     """The job's lateness rule, written out again over the source topic: per partition, in offset order, a
     valid event is late when its event time is not above the highest event time of the records before it in
@@ -65,7 +79,7 @@ def late_by_rule(cfg, topic: str) -> Counter[str]:
     late: Counter[str] = Counter()
     for partition, _, raw in read_partitions(cfg.kafka, topic):
         before = highest.get(partition)
-        event, rejection = parse(raw)
+        event, rejection = _parse(raw)
         if rejection is None and before is not None and event["event_time"] <= before - delay_ms:
             late[raw.decode()] += 1
         ms = _event_time_as_the_source_reads_it(raw)
@@ -82,7 +96,7 @@ def clean_events(cfg, opt, sim) -> pd.DataFrame:
     seen: set[str] = set()
     rows = []
     for raw in sim.values:
-        event, rejection = parse(raw)
+        event, rejection = _parse(raw)
         if rejection is not None:
             continue
         text = raw.decode()
@@ -102,8 +116,9 @@ def clean_events(cfg, opt, sim) -> pd.DataFrame:
     return df
 
 
-def reference(events: pd.DataFrame, name: str) -> object:
-    """A feature's value over a window's events, from its name (independent of the job's SQL)."""
+def reference(events, name: str) -> object:
+    """A feature's value over a window's events (a DataFrame, or anything with its columns as attributes),
+    from its name (independent of the job's SQL)."""
     imp, clk, buy = events.imp.sum(), events.clk.sum(), events.buy.sum()
     base = name.split("_", 1)[1].rsplit("_", 1)[0] if name.startswith(("user_", "item_", "cat_")) else name
     if base == "impressions":
@@ -131,11 +146,13 @@ def same(a, b) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
 
 
-def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup) -> None:
-    """Every stored value, as of every window end (40 sampled keys), equals the reference; no duplicate rows."""
+def assert_offline_matches_reference(cfg, opt, sim, group: FeatureGroup, events: pd.DataFrame | None = None) -> None:
+    """Every stored value, as of every window end (40 sampled keys), equals the reference; no duplicate rows.
+    `events`: `clean_events` of this run, when the caller has them already."""
     stored = offline_rows(opt, group)
     assert not stored.duplicated(subset=[*group.entities, "event_timestamp"]).any(), "duplicate rows"
-    _assert_rows_match_reference(_group_events(cfg, opt, sim, group), stored, group)
+    events = clean_events(cfg, opt, sim) if events is None else events
+    _assert_rows_match_reference(_of_group(events, group), stored, group)
 
 
 def assert_exactly_once(cfg, opt, sim, aggregated: int, views: tuple[str, ...] | None = None) -> None:
@@ -145,15 +162,16 @@ def assert_exactly_once(cfg, opt, sim, aggregated: int, views: tuple[str, ...] |
         f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{opt.offline_dir}/events/*/*/part-*')"
     ).fetchall()[0]
     assert n == distinct == aggregated, (n, distinct, aggregated)
+    events = clean_events(cfg, opt, sim)
     for g in GROUPS if views is None else [v for v in GROUPS if v.name in views]:
-        assert_offline_matches_reference(cfg, opt, sim, g)
+        assert_offline_matches_reference(cfg, opt, sim, g, events)
 
 
 def assert_online_matches_reference(cfg, opt, sim, group: FeatureGroup, until_ms: int | None = None) -> None:
     """What the Feast SDK reads from Redis for 40 sampled keys is the reference as of the value's timestamp
     and of every window end after it up to `until_ms` (the watermark: later windows have not fired): each
     key's latest value, and no window fired since is missing."""
-    events = _group_events(cfg, opt, sim, group)
+    events = _of_group(clean_events(cfg, opt, sim), group)
     keys = sorted(events.groupby(list(group.entities)).groups)
     random.Random(0).shuffle(keys)
     rows = [dict(zip(group.entities, k if isinstance(k, tuple) else (k,), strict=True)) for k in keys[:40]]
@@ -172,13 +190,28 @@ def assert_online_matches_reference(cfg, opt, sim, group: FeatureGroup, until_ms
     _assert_rows_match_reference(events, online, group, latest_only=True, until_ms=until_ms)
 
 
-def _group_events(cfg, opt, sim, group: FeatureGroup) -> pd.DataFrame:
-    events = clean_events(cfg, opt, sim)
+def _of_group(events: pd.DataFrame, group: FeatureGroup) -> pd.DataFrame:
     if group.where == "item_category IS NOT NULL":
         events = events[events.item_category.notna()]
     if group.where == "is_click = 1":
         events = events[events.clk == 1]
     return events
+
+
+class _Window:
+    """One window's events as numpy columns, the attributes `reference` reads (pandas costs ~100x more a call)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], lo: int, hi: int) -> None:
+        for name, values in columns.items():
+            setattr(self, name, values[lo:hi])
+
+    def __len__(self) -> int:
+        return len(self.event_time)
+
+
+def _by_key(df: pd.DataFrame, entities: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    groups = df.groupby(list(entities)).indices
+    return {k if isinstance(k, tuple) else (k,): v for k, v in groups.items()}
 
 
 def _assert_rows_match_reference(
@@ -188,26 +221,28 @@ def _assert_rows_match_reference(
     and timestamps are compared in whole seconds (as Feast keeps them online)."""
     size_ms = int(group.window.size.total_seconds() * 1000)
     slide_ms = int(group.window.slide.total_seconds() * 1000)
-    keys = sorted(events.groupby(list(group.entities)).groups)
+    events_of, stored_of = _by_key(events, group.entities), _by_key(stored, group.entities)
+    keys = sorted(events_of)
     random.Random(0).shuffle(keys)
     checked = 0
     for key in keys[:40]:
-        key = key if isinstance(key, tuple) else (key,)
-        mine = events[np.logical_and.reduce([events[k] == v for k, v in zip(group.entities, key, strict=True)])]
-        rows = stored[np.logical_and.reduce([stored[k] == v for k, v in zip(group.entities, key, strict=True)])]
-        rows = rows.sort_values("event_timestamp")
+        mine = events.iloc[events_of[key]].sort_values("event_time", kind="stable")
+        columns = {c: mine[c].to_numpy() for c in ("imp", "clk", "buy", "exam", "event_time")}
+        times = columns["event_time"]
+        rows = stored.iloc[stored_of.get(key, [])].sort_values("event_timestamp")
         row_ms = rows.event_timestamp.to_numpy().astype("datetime64[ms]").astype("int64")
-        first = (mine.event_time.min() // slide_ms) * slide_ms
-        for end in range(first, mine.event_time.max() + size_ms + 2 * slide_ms, slide_ms):
-            in_window = mine[(mine.event_time >= end - size_ms) & (mine.event_time < end)]
-            if not group.emits_changes:  # latest-value groups: the last value before `end`
-                in_window = mine[mine.event_time < end]
+        values = {f: rows[f].tolist() for f in group.feature_names}
+        first = (times.min() // slide_ms) * slide_ms
+        for end in range(first, times.max() + size_ms + 2 * slide_ms, slide_ms):
+            hi = int(np.searchsorted(times, end, side="left"))  # events before `end`
+            lo = int(np.searchsorted(times, end - size_ms, side="left")) if group.emits_changes else 0
+            in_window = _Window(columns, lo, hi)  # latest-value groups: every event before `end`
             i = np.searchsorted(row_ms, end, side="right") - 1
             if (latest_only and i < 0) or (until_ms is not None and end > until_ms):
                 continue
             for f in group.feature_names:
                 want = reference(in_window, f)
-                got = rows.iloc[i][f] if i >= 0 else None
+                got = values[f][i] if i >= 0 else None
                 if i < 0 and want in (0, None):
                     continue
                 got = None if got is pd.NaT else got
