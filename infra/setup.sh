@@ -34,10 +34,12 @@ fi
 
 # 4. Python environment, exactly as locked (torch's CUDA wheels stay in uv's cache between runs).
 #    SETUP_GROUPS adds optional dependency groups (`make bench`: spark); a plain setup removes them again.
+#    Compiled to bytecode once: where PYTHONDONTWRITEBYTECODE is set, every process (DAG runs, `feast
+#    apply`, the Flink client) would otherwise compile what it imports from source, seconds each time.
 say "python environment from uv.lock${SETUP_GROUPS:+ (+ ${SETUP_GROUPS})}"
 groups=()
 for g in ${SETUP_GROUPS:-}; do groups+=(--group "$g"); done
-uv sync --frozen --python "$PYTHON" --quiet "${groups[@]}"
+uv sync --frozen --python "$PYTHON" --quiet --compile-bytecode "${groups[@]}"
 
 # 5. JVM artifacts; re-fetched only when the pom changes.
 stamp=build/jvm/.pom.sha256
