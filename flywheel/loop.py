@@ -154,7 +154,7 @@ def run(
     name = f"flywheel.loop-{run_id}"
     topics = {"events": name, "dead_letter": f"{name}.dlq", "late": f"{name}.late"}
     ensure_topics(cfg.kafka, list(topics.values()))
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     job_cfg = cfg.model_copy(
         update={"features": cfg.features.model_copy(update={"watermark_delay_s": plan.out_of_orderness_s})}
     )

@@ -89,7 +89,7 @@ def features_stage(cfg: Settings, console: Console, last_event_ms: int) -> None:
     from flywheel.clients import feast_store
 
     console.rule("3. PyFlink feature job: Kafka → windowed features → Parquet + Redis (Feast)")
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     opt = features.options(cfg, group_id=f"flywheel-demo-{int(time.time())}")
     t0 = time.monotonic()
     client = features.run(cfg, opt, wait=False)

@@ -33,7 +33,7 @@ def features_run(
     from flywheel.clients import feast_store
 
     cfg = load_settings()
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     overrides = {k: v for k, v in {"topic": topic, "parallelism": parallelism}.items() if v is not None}
     opt = features.options(cfg, bounded=bounded, **overrides)
     t0 = time.monotonic()

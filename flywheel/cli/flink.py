@@ -22,7 +22,7 @@ def flink_submit(job_args: JobArgs = None) -> None:
     from flywheel.clients.flink import submit
 
     cfg = load_settings()
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     console.print(f"submitted: job {submit(cfg, job_args or [])}  (UI: {cfg.flink.rest_url})")
 
 

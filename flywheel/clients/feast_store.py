@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +17,7 @@ if TYPE_CHECKING:  # feast takes seconds to import
     from feast import FeatureStore
 
 FEATURE_REPO = REPO_ROOT / "feature_repo"
+log = logging.getLogger(__name__)
 
 
 def feast_env(cfg: Settings) -> dict[str, str]:
@@ -42,7 +46,44 @@ def feast_cli(cfg: Settings, *args: str, check: bool = True) -> subprocess.Compl
 
 
 def apply(cfg: Settings) -> str:
-    return feast_cli(cfg, "apply").stdout
+    """`feast apply`, always; records what it applied (see `ensure_applied`)."""
+    out = feast_cli(cfg, "apply").stdout
+    _stamp(cfg).write_text(f"{_definitions_digest(cfg)} {_registry_state(cfg)}")
+    return out
+
+
+def ensure_applied(cfg: Settings) -> bool:
+    """`feast apply` unless the registry is the one the last apply wrote, from the same definitions and
+    environment (a `feast apply` costs a process and seconds of imports). True if it applied."""
+    stamp, registry = _stamp(cfg), _registry_state(cfg)
+    if registry and stamp.exists() and stamp.read_text() == f"{_definitions_digest(cfg)} {registry}":
+        log.info("feature_repo and the registry unchanged since the last apply: not applied again")
+        return False
+    log.info(apply(cfg))
+    return True
+
+
+def _stamp(cfg: Settings) -> Path:
+    return cfg.var_dir / "feast" / "applied.stamp"
+
+
+def _definitions_digest(cfg: Settings) -> str:
+    """What an apply depends on: feature_repo's files and the variables feature_store.yaml reads."""
+    h = hashlib.sha256()
+    for f in sorted(FEATURE_REPO.glob("*.py")) + sorted(FEATURE_REPO.glob("*.yaml")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    h.update(json.dumps(sorted(feast_env(cfg).items())).encode())
+    return h.hexdigest()
+
+
+def _registry_state(cfg: Settings) -> str | None:
+    """The registry file's size and modification time (another writer, an apply from other definitions or a
+    materialization, changes them); None without one (none yet, or a SQL registry: always applied)."""
+    try:
+        st = (cfg.var_dir / "feast" / "registry.db").stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def isolated_store(

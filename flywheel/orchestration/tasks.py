@@ -190,23 +190,10 @@ def ensure_feature_job() -> dict:
 
 
 def feast_apply_if_changed() -> dict:
-    """`feast apply` when feature_repo/ changed since the last apply (content hash)."""
-    import hashlib
-
+    """`feast apply` when feature_repo/ (or the registry) changed since the last apply."""
     from flywheel.clients import feast_store
 
-    cfg = load_settings()
-    h = hashlib.sha256()
-    for f in sorted(feast_store.FEATURE_REPO.glob("*.py")) + sorted(feast_store.FEATURE_REPO.glob("*.yaml")):
-        h.update(f.name.encode() + f.read_bytes())
-    stamp = cfg.var_dir / "feast" / "applied.sha256"
-    if stamp.exists() and stamp.read_text() == h.hexdigest():
-        log.info("feature_repo unchanged since the last apply")
-        return {"applied": False}
-    log.info(feast_store.apply(cfg))
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(h.hexdigest())
-    return {"applied": True}
+    return {"applied": feast_store.ensure_applied(load_settings())}
 
 
 def backfill_online(start: datetime, end: datetime) -> dict:

@@ -37,7 +37,7 @@ WEEKLY, DAILY = "retrain_weekly_incremental", "rollback_check_daily"
 
 @pytest.fixture(scope="module")
 def stack(cfg, tmp_path_factory):
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     Redis(cfg).client().flushdb()
     shutil.rmtree(cfg.offline_dir, ignore_errors=True)
     shutil.rmtree(cfg.training.registry_dir, ignore_errors=True)

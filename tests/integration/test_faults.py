@@ -55,7 +55,7 @@ def test_a_kafka_broker_stopped_for_30_s_mid_run_loses_nothing(cfg, monkeypatch)
     nothing is lost or counted twice."""
     monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "2000")
     settings = load_settings()
-    feast_store.apply(settings)
+    feast_store.ensure_applied(settings)
     opt = fresh_job(settings, "kafka-outage")
     sim = simulate(SimConfig(events=20_000, users=300, items=120, categories=6, days=1.0, seed=19, faults=FAULTS))
     half = len(sim.values) // 2
@@ -90,7 +90,7 @@ def test_an_offline_store_out_of_space_fails_loudly_and_resumes_with_nothing_los
     Once the filesystem is grown, it goes on by itself, and in the end nothing is lost or written twice."""
     monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "2000")  # read by `flink run`'s client
     settings = load_settings()
-    feast_store.apply(settings)
+    feast_store.ensure_applied(settings)
     offline = tmp_path / "offline"
     offline.mkdir()
     _mount_tmpfs(offline, "1m")
@@ -144,7 +144,7 @@ def test_a_killed_jobmanager_is_resumed_by_the_ops_dag_from_the_latest_retained_
     for key, value in own.items():  # what the DAG's tasks read, in the subprocess that runs them
         monkeypatch.setenv(f"FLYWHEEL_{key}", value)
     settings = load_settings()
-    feast_store.apply(settings)
+    feast_store.ensure_applied(settings)
     opt = features.options(settings)  # what the DAG submits: the configured topics and the offline store
     shutil.rmtree(opt.offline_dir, ignore_errors=True)
     ensure_topics(settings.kafka, [opt.topic, opt.dlq_topic, opt.late_topic])
@@ -206,7 +206,7 @@ def test_a_retraining_task_killed_mid_training_and_retried_ends_as_an_undisturbe
     in the registry, and the retried run ends with the same versions (the same weights, byte for byte),
     aliases and decisions as the undisturbed one."""
     settings = load_settings()
-    feast_store.apply(settings)
+    feast_store.ensure_applied(settings)
     shutil.rmtree(settings.offline_dir, ignore_errors=True)
     opt = fresh_job(settings, "retrain", offline_dir=settings.offline_dir, bounded=True)
     start = SimConfig().start  # a Monday: the weekly interval ends Monday 03:00
@@ -273,7 +273,7 @@ def test_taskmanagers_killed_near_the_end_of_a_bounded_input_lose_and_repeat_not
     operator's state was union state (flink_jobs/jvm PartitionLateness)."""
     monkeypatch.setenv("FLYWHEEL_FEATURES__CHECKPOINT_INTERVAL_MS", "1000")  # read by `flink run`'s client
     settings = load_settings()
-    feast_store.apply(settings)
+    feast_store.ensure_applied(settings)
     opt = fresh_job(settings, "end", bounded=True)
     sim = simulate(SimConfig(events=100_000, users=400, items=150, categories=6, days=1.5, seed=23, faults=FAULTS))
     _produce_skewed(settings, sim.keys, sim.values, opt.topic)

@@ -51,7 +51,7 @@ FAULTS = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, mal
 
 @pytest.fixture(scope="module")
 def job(cfg):
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     Redis(cfg).client().flushdb()  # the online checks must see this run's writes only
     shutil.rmtree(cfg.offline_dir, ignore_errors=True)  # and the offline ones too (a crashed run leaves files)
     name = f"fj-{uuid.uuid4().hex[:8]}"
@@ -232,7 +232,7 @@ def test_replays_of_a_topic_with_very_old_events_mixed_in_give_identical_outputs
     identical views and event logs and identical late topics, and the late topic holds exactly what the rule
     names. Under the old rule (against the current watermark) which of such events were late varied with
     when the periodic watermarks fell."""
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     sim = simulate(
         SimConfig(events=12_000, users=300, items=100, categories=6, days=1.0, seed=31,
                   faults=Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01))
@@ -273,7 +273,7 @@ def test_a_live_job_writes_each_window_to_redis_as_it_fires(cfg):
     the sink passed every bounded test and never went live.) Events from 3 h to 2 h ago are the backlog;
     a heartbeat at the wall clock in every partition, each second, keeps the watermark live, as a real
     stream would."""
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     hour = {"online_flush_interval_ms": 3_600_000, "checkpoint_interval_ms": 3_600_000}
     live = cfg.model_copy(update={"features": cfg.features.model_copy(update=hour)})
     opt = fresh_job(live, "live")

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.integration
 
 def _prepare(cfg, sim_cfg: SimConfig, first: int | None = None):
     """A fresh topic holding the simulated events (only the `first` ones, if given)."""
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     name = f"cl-{uuid.uuid4().hex[:8]}"
     opt = features.options(
         cfg,
@@ -143,7 +143,7 @@ def test_stop_with_savepoint_and_resume_equals_an_uninterrupted_run(cfg):
     The second half starts with late events (hours behind the watermark). The resumed job reads them
     first, before its source has a watermark again: they must still go to the late topic, as they do
     in the uninterrupted run (flink_jobs/jvm PartitionLateness), not be dropped by the restored windows."""
-    feast_store.apply(cfg)  # the Redis sink is configured from the registry (when this test runs alone)
+    feast_store.ensure_applied(cfg)  # the Redis sink is configured from the registry (when this test runs alone)
     sim = simulate(
         SimConfig(events=8_000, users=200, items=80, categories=5, days=1.0, seed=21,
                   faults=Faults(out_of_order_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01))

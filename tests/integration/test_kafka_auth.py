@@ -49,7 +49,7 @@ def test_a_sasl_broker_refuses_anonymous_clients_and_the_feature_job_runs_authen
             with pytest.raises(KafkaException):
                 admin(refused).list_topics(timeout=10)
 
-        feast_store.apply(sasl)
+        feast_store.ensure_applied(sasl)
         opt = fresh_job(sasl, "sasl", bounded=True)
         faults = Faults(out_of_order_rate=0.05, late_rate=0.01, duplicate_rate=0.02, malformed_rate=0.01)
         sim = simulate(SimConfig(events=3_000, users=150, items=80, categories=5, days=0.5, seed=37, faults=faults))

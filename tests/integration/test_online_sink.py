@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def store(cfg):
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     return feast_store.store(cfg)
 
 

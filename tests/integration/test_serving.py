@@ -57,7 +57,7 @@ AT = int(NOW.timestamp() * 1000)  # requests name the time they are served at: t
 def store(cfg: Settings):
     """Features for most users, items and (user, category) pairs, through Feast's Python writer; a few
     entities of each kind have none (their `__missing` indicators must be set)."""
-    feast_store.apply(cfg)
+    feast_store.ensure_applied(cfg)
     fs = feast_store.store(cfg)
     write_features(fs, USERS[:-5], ITEMS[:-10], CATS, seed=0, at=NOW - timedelta(minutes=5), categories_per_user=5)
     catalog = catalog_dir(cfg.var_dir)
